@@ -1,0 +1,46 @@
+"""Document ids (and optionally texts) stored beside an index, in index order.
+
+`docids.txt` maps an engine's integer positions back to document ids; `docs.jsonl` keeps titles and
+texts so search results can show a snippet. Texts are read only when first asked for.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+
+def write_docstore(folder: Path, ids: list[str], docs: Iterable[tuple[str, str]] | None = None) -> None:
+    """`ids` in index order; `docs` (title, text) pairs in the same order, or None to store ids only."""
+    with open(folder / "docids.txt", "w", encoding="utf-8") as out:
+        for doc_id in ids:
+            if "\n" in doc_id:
+                raise ValueError(f"document id {doc_id!r} contains a newline")
+            out.write(doc_id + "\n")
+    if docs is not None:
+        with open(folder / "docs.jsonl", "w", encoding="utf-8") as out:
+            for doc_id, (title, text) in zip(ids, docs, strict=True):
+                out.write(json.dumps({"_id": doc_id, "title": title, "text": text}, ensure_ascii=False) + "\n")
+
+
+def read_docids(folder: Path) -> list[str]:
+    with open(folder / "docids.txt", encoding="utf-8") as lines:
+        return [line.rstrip("\n") for line in lines]
+
+
+class DocTexts:
+    """Lazy {doc id: "title text"} over a saved docs.jsonl (empty when texts were not stored)."""
+
+    def __init__(self, folder: Path | None):
+        self.path = folder / "docs.jsonl" if folder else None
+        self._texts: dict[str, str] | None = None
+
+    def get(self, doc_id: str) -> str | None:
+        if self._texts is None:
+            self._texts = {}
+            if self.path is not None and self.path.is_file():
+                with open(self.path, encoding="utf-8") as lines:
+                    for line in lines:
+                        record = json.loads(line)
+                        self._texts[record["_id"]] = f"{record['title']} {record['text']}".strip()
+        return self._texts.get(doc_id)

@@ -1,0 +1,345 @@
+"""Corpus, queries and qrels readers and writers.
+
+Layouts read:
+- BEIR folders: `corpus.jsonl[.gz]`, `queries.jsonl` (or `queries-<split>.jsonl`), `qrels/<split>.tsv`
+  with a `query-id corpus-id score` header.
+- MTEB-style jsonl qrels: lines of `{"query-id", "corpus-id", "score"}` (`qrels.jsonl` or `qrels/<split>.jsonl`).
+- Plain files: jsonl (`_id`/`id`/`docid`, optional `title`, `text`/`contents`), tsv (`id<TAB>text` or
+  `id<TAB>title<TAB>text`), TREC qrels (`qid 0 docid rel`).
+
+Every reader fails on the first bad line with a `DataError` naming the file, the line and the field.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
+
+from retrieval.errors import DataError
+
+DOC_ID_FIELDS = ("_id", "id", "docid", "doc_id")
+DOC_TEXT_FIELDS = ("text", "contents")
+QUERY_ID_FIELDS = ("_id", "id", "qid", "query_id")
+QUERY_TEXT_FIELDS = ("text", "query")
+
+
+class Doc(NamedTuple):
+    id: str
+    title: str
+    text: str
+
+    @property
+    def full_text(self) -> str:
+        """Title and body joined by a space, as BEIR, mteb and Anserini's flat indexes do."""
+        return f"{self.title} {self.text}".strip()
+
+
+class Corpus:
+    """Documents in file order, addressable by id."""
+
+    def __init__(self, docs: Iterable[Doc], source: str | None = None):
+        self.docs = list(docs)
+        self.source = source
+        self._position = {doc.id: i for i, doc in enumerate(self.docs)}
+        if len(self._position) != len(self.docs):
+            raise ValueError("duplicate document ids in corpus")
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def __iter__(self) -> Iterator[Doc]:
+        return iter(self.docs)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._position
+
+    def __getitem__(self, doc_id: str) -> Doc:
+        return self.docs[self._position[doc_id]]
+
+    @property
+    def ids(self) -> list[str]:
+        return [doc.id for doc in self.docs]
+
+    def subset(self, doc_ids: Iterable[str]) -> Corpus:
+        return Corpus((self[d] for d in doc_ids), source=self.source)
+
+
+@dataclass
+class Dataset:
+    """One split of a retrieval benchmark: the corpus, the queries that have judgements, the qrels."""
+
+    corpus: Corpus
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    name: str = ""
+    split: str = "test"
+
+
+# ---------------------------------------------------------------- low-level line readers
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    with _open_text(path) as lines:
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(path, lineno, None, f"not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(path, lineno, None, f"expected a JSON object, got {type(record).__name__}")
+            yield lineno, record
+
+
+def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    with _open_text(path) as lines:
+        for lineno, line in enumerate(lines, start=1):
+            line = line.rstrip("\n").rstrip("\r")
+            if line.strip():
+                yield lineno, line.split("\t")
+
+
+def _field(record: dict, names: tuple[str, ...], path: Path, lineno: int, *, required: bool = True) -> str:
+    for name in names:
+        if name in record:
+            value = record[name]
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and name in DOC_ID_FIELDS + QUERY_ID_FIELDS:
+                value = str(value)  # numeric ids are common (MS MARCO); treat them as strings
+            if value is None or not isinstance(value, str):
+                raise DataError(path, lineno, name, f"expected a string, got {type(value).__name__}")
+            return value
+    if required:
+        raise DataError(path, lineno, names[0], f"missing (looked for {' / '.join(names)})")
+    return ""
+
+
+def _id(value: str, path: Path, lineno: int, field: str) -> str:
+    if not value.strip():
+        raise DataError(path, lineno, field, "empty id")
+    return value
+
+
+def _find(folder: Path, names: list[str], what: str) -> Path:
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder}: no {what} file (looked for {', '.join(names)})")
+
+
+def _is_header(first_col: str) -> bool:
+    return first_col.strip().lower() in {"id", "_id", "docid", "doc_id", "qid", "query-id", "query_id"}
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """Read a corpus from a BEIR folder or a jsonl(.gz) / tsv file."""
+    path = Path(path)
+    if path.is_dir():
+        path = _find(path, ["corpus.jsonl", "corpus.jsonl.gz", "corpus.tsv", "corpus.tsv.gz"], "corpus")
+    docs: list[Doc] = []
+    first_line: dict[str, int] = {}
+
+    def add(doc: Doc, lineno: int, id_field: str) -> None:
+        if doc.id in first_line:
+            raise DataError(path, lineno, id_field, f"duplicate id {doc.id!r} (first on line {first_line[doc.id]})")
+        first_line[doc.id] = lineno
+        docs.append(doc)
+
+    if _is_jsonl(path):
+        for lineno, record in _jsonl_records(path):
+            id_field = next((f for f in DOC_ID_FIELDS if f in record), DOC_ID_FIELDS[0])
+            doc_id = _id(_field(record, DOC_ID_FIELDS, path, lineno), path, lineno, id_field)
+            text = _field(record, DOC_TEXT_FIELDS, path, lineno)
+            title = _field(record, ("title",), path, lineno, required=False)
+            add(Doc(doc_id, title, text), lineno, id_field)
+    else:
+        for lineno, cols in _tsv_rows(path):
+            if lineno == 1 and _is_header(cols[0]):
+                continue
+            if len(cols) not in (2, 3):
+                raise DataError(path, lineno, "text", f"expected id<TAB>text or id<TAB>title<TAB>text, got {len(cols)} columns")
+            doc_id = _id(cols[0], path, lineno, "id")
+            title, text = (cols[1], cols[2]) if len(cols) == 3 else ("", cols[1])
+            add(Doc(doc_id, title, text), lineno, "id")
+    if not docs:
+        raise DataError(path, None, None, "the corpus is empty")
+    return Corpus(docs, source=str(path))
+
+
+def write_corpus(corpus: Iterable[Doc], path: str | Path) -> None:
+    """Write BEIR-style corpus jsonl (gzipped when the name ends in .gz)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8") as out:
+        for doc in corpus:
+            out.write(json.dumps({"_id": doc.id, "title": doc.title, "text": doc.text}, ensure_ascii=False) + "\n")
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.name.removesuffix(".gz").endswith((".jsonl", ".json"))
+
+
+# ---------------------------------------------------------------- queries
+
+
+def load_queries(path: str | Path, split: str | None = None) -> dict[str, str]:
+    """Read queries: a folder (`queries-<split>.jsonl` first, then `queries.jsonl`/`.tsv`) or a file."""
+    path = Path(path)
+    if path.is_dir():
+        names = [f"queries-{split}.jsonl", f"queries-{split}.tsv"] if split else []
+        path = _find(path, names + ["queries.jsonl", "queries.jsonl.gz", "queries.tsv"], "queries")
+    queries: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+
+    def add(qid: str, text: str, lineno: int, id_field: str) -> None:
+        if qid in first_line:
+            raise DataError(path, lineno, id_field, f"duplicate id {qid!r} (first on line {first_line[qid]})")
+        first_line[qid] = lineno
+        queries[qid] = text
+
+    if _is_jsonl(path):
+        for lineno, record in _jsonl_records(path):
+            id_field = next((f for f in QUERY_ID_FIELDS if f in record), QUERY_ID_FIELDS[0])
+            qid = _id(_field(record, QUERY_ID_FIELDS, path, lineno), path, lineno, id_field)
+            add(qid, _field(record, QUERY_TEXT_FIELDS, path, lineno), lineno, id_field)
+    else:
+        for lineno, cols in _tsv_rows(path):
+            if lineno == 1 and _is_header(cols[0]):
+                continue
+            if len(cols) != 2:
+                raise DataError(path, lineno, "text", f"expected qid<TAB>text, got {len(cols)} columns")
+            add(_id(cols[0], path, lineno, "qid"), cols[1], lineno, "qid")
+    if not queries:
+        raise DataError(path, None, None, "no queries")
+    return queries
+
+
+def write_queries(queries: dict[str, str], path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        for qid, text in queries.items():
+            out.write(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------- qrels
+
+
+def _qrels_file(folder: Path, split: str) -> Path:
+    return _find(
+        folder,
+        [f"qrels/{split}.tsv", f"qrels/{split}.jsonl", f"qrels-{split}.jsonl", f"qrels/{split}.txt", "qrels.jsonl", "qrels.tsv"],
+        f"qrels for split {split!r}",
+    )
+
+
+def _qrels_lines(path: Path) -> Iterator[tuple[int, str, str, int]]:
+    """(line, query id, doc id, relevance) from BEIR tsv, TREC qrels or MTEB jsonl."""
+    if _is_jsonl(path):
+        for lineno, record in _jsonl_records(path):
+            qid = _id(_field(record, ("query-id", "query_id", "qid"), path, lineno), path, lineno, "query-id")
+            doc_id = _id(_field(record, ("corpus-id", "corpus_id", "docid"), path, lineno), path, lineno, "corpus-id")
+            score = record.get("score")
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or score != int(score):
+                raise DataError(path, lineno, "score", f"expected an integer relevance, got {score!r}")
+            yield lineno, qid, doc_id, int(score)
+        return
+    with _open_text(path) as lines:
+        for lineno, line in enumerate(lines, start=1):
+            cols = line.split("\t") if "\t" in line else line.split()
+            cols = [c.strip() for c in cols]
+            if not line.strip() or (lineno == 1 and _is_header(cols[0])):
+                continue
+            if len(cols) == 4:  # TREC: qid iteration docid rel
+                cols = [cols[0], cols[2], cols[3]]
+            if len(cols) != 3:
+                raise DataError(path, lineno, None, f"expected 'query-id corpus-id score' or TREC 'qid 0 docid rel', got {len(cols)} columns")
+            try:
+                score = int(cols[2])
+            except ValueError:
+                raise DataError(path, lineno, "score", f"expected an integer relevance, got {cols[2]!r}") from None
+            yield lineno, _id(cols[0], path, lineno, "query-id"), _id(cols[1], path, lineno, "corpus-id"), score
+
+
+def load_qrels(
+    path: str | Path,
+    split: str = "test",
+    *,
+    corpus: Corpus | None = None,
+    queries: dict[str, str] | None = None,
+    drop_missing: bool = False,
+) -> dict[str, dict[str, int]]:
+    """Read qrels as {query_id: {doc_id: relevance}}.
+
+    Given `corpus` and/or `queries`, a judgement naming an id they lack raises a `DataError` (file, line,
+    field); with `drop_missing=True` such lines are dropped and a warning counts them instead.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = _qrels_file(path, split)
+    qrels: dict[str, dict[str, int]] = {}
+    dropped = {"query-id": 0, "corpus-id": 0}
+    for lineno, qid, doc_id, score in _qrels_lines(path):
+        missing = None
+        if queries is not None and qid not in queries:
+            missing = ("query-id", qid, "queries")
+        elif corpus is not None and doc_id not in corpus:
+            missing = ("corpus-id", doc_id, "corpus")
+        if missing:
+            field, value, where = missing
+            if not drop_missing:
+                raise DataError(path, lineno, field, f"{value!r} is not in the {where} (pass drop_missing=True / --drop-missing to drop such lines)")
+            dropped[field] += 1
+            continue
+        docs = qrels.setdefault(qid, {})
+        if doc_id in docs and docs[doc_id] != score:
+            raise DataError(path, lineno, "corpus-id", f"{doc_id!r} judged twice for query {qid!r} with different scores")
+        docs[doc_id] = score
+    if sum(dropped.values()):
+        warnings.warn(
+            f"{path}: dropped {dropped['query-id']} qrels lines whose query is not in the queries "
+            f"and {dropped['corpus-id']} whose document is not in the corpus",
+            stacklevel=2,
+        )
+    if not qrels:
+        raise DataError(path, None, None, "no judgements")
+    return qrels
+
+
+def write_qrels(qrels: dict[str, dict[str, int]], path: str | Path) -> None:
+    """Write BEIR tsv qrels (with header)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("query-id\tcorpus-id\tscore\n")
+        for qid, docs in qrels.items():
+            for doc_id, score in docs.items():
+                out.write(f"{qid}\t{doc_id}\t{score}\n")
+
+
+# ---------------------------------------------------------------- whole datasets
+
+
+def load_dataset(path: str | Path, split: str = "test", *, drop_missing: bool = False) -> Dataset:
+    """Corpus, the split's queries and qrels from one folder, checked against each other.
+
+    Only queries with at least one judgement are kept: those are the ones a benchmark scores.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: not a dataset folder")
+    corpus = load_corpus(path)
+    queries = load_queries(path, split)
+    qrels = load_qrels(path, split, corpus=corpus, queries=queries, drop_missing=drop_missing)
+    judged = {qid: queries[qid] for qid in queries if qid in qrels}
+    return Dataset(corpus=corpus, queries=judged, qrels=qrels, name=path.name, split=split)

@@ -1,0 +1,107 @@
+"""Dense retrieval: an encoder's document vectors in a faiss index, searched by inner product."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from indexes.docstore import read_docids
+from indexes.faiss_index import build_index, load_index, save_index, search_index, set_search_params
+from retrieval.api import Retriever
+from retrieval.data import Corpus
+from retrieval.dense.encoder import SentenceEncoder
+from retrieval.errors import IndexLoadError
+from retrieval.models import model_fingerprint, model_path
+
+
+class DenseRetriever(Retriever):
+    """Bi-encoder + faiss.
+
+    Args:
+        model: encoder model name or folder (see retrieval.models).
+        index: faiss factory string: "Flat" (exact), "HNSW32", "IVF256,Flat", "IVF256,PQ32", ...
+        search_params: faiss search-time parameters, e.g. {"efSearch": 128} or {"nprobe": 16}.
+        batch_size, query_prefix, doc_prefix, max_length: passed to the encoder.
+        mmap: memory-map Flat codes when loading a saved index.
+
+    Example:
+        >>> r = DenseRetriever(model="minilm", index="HNSW32")
+        >>> r.index(corpus); r.save("runs/minilm-hnsw")
+    """
+
+    kind = "dense"
+
+    def __init__(
+        self,
+        model: str = "minilm",
+        index: str = "Flat",
+        search_params: dict | None = None,
+        batch_size: int = 32,
+        query_prefix: str = "",
+        doc_prefix: str = "",
+        max_length: int | None = None,
+        mmap: bool = True,
+    ):
+        super().__init__(
+            model=model, index=index, search_params=search_params or {}, batch_size=batch_size,
+            query_prefix=query_prefix, doc_prefix=doc_prefix, max_length=max_length,
+        )
+        self.mmap = mmap
+        self._encoder: SentenceEncoder | None = None
+        self._faiss = None
+        self._doc_ids: list[str] = []
+
+    @property
+    def encoder(self) -> SentenceEncoder:
+        if self._encoder is None:
+            c = self.config
+            self._encoder = SentenceEncoder(
+                c["model"], batch_size=c["batch_size"], query_prefix=c["query_prefix"],
+                doc_prefix=c["doc_prefix"], max_length=c["max_length"],
+            )
+        return self._encoder
+
+    def _model_fingerprint(self) -> str:
+        # from the folder, so loading an index does not load the model before the first query
+        return self._encoder.fingerprint if self._encoder else model_fingerprint(model_path(self.config["model"]))
+
+    def _index(self, corpus: Corpus) -> None:
+        vectors = self.encoder.encode_documents([doc.full_text for doc in corpus], progress=True)
+        self._use(build_index(vectors, self.config["index"]), corpus.ids)
+
+    def _use(self, faiss_index, doc_ids: list[str]) -> None:
+        set_search_params(faiss_index, self.config["search_params"])
+        self._faiss, self._doc_ids = faiss_index, doc_ids
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode_queries(texts)
+
+    def _search(self, queries: dict[str, str], k: int) -> dict[str, dict[str, float]]:
+        qids = list(queries)
+        scores, positions = search_index(self._faiss, self.encode_queries([queries[q] for q in qids]), k)
+        return {
+            qid: {self._doc_ids[p]: float(s) for s, p in zip(row_s, row_p) if p >= 0}
+            for qid, row_s, row_p in zip(qids, scores, positions)
+        }
+
+    def _save_files(self, folder: Path) -> dict:
+        save_index(self._faiss, folder / "vectors.faiss")
+        self._write_docstore(folder)
+        return {
+            "engine": "faiss",
+            "model": {"name": self.config["model"], "sha256": self._model_fingerprint()},
+            "dims": int(self._faiss.d),
+        }
+
+    def _load_files(self, folder: Path, manifest: dict) -> None:
+        recorded, installed = manifest["model"]["sha256"], self._model_fingerprint()
+        if recorded != installed:
+            raise IndexLoadError(
+                f"{folder}: built with model {manifest['model']['name']!r} whose weights hash {recorded[:12]}..., "
+                f"but the installed model hashes {installed[:12]}...: re-index with this model"
+            )
+        faiss_index = load_index(folder / "vectors.faiss", mmap=self.mmap)
+        doc_ids = read_docids(folder)
+        if faiss_index.ntotal != len(doc_ids) or faiss_index.ntotal != manifest["doc_count"]:
+            raise IndexLoadError(f"{folder}: {faiss_index.ntotal} vectors but {len(doc_ids)} doc ids")
+        self._use(faiss_index, doc_ids)

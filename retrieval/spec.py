@@ -1,0 +1,72 @@
+"""Retriever specs: one string (or dict) names a retriever for the CLI, configs and hybrid members.
+
+    bm25                                  a new BM25 retriever with defaults
+    bm25:k1=1.2,b=0.75,fields=multifield  options as key=value
+    dense:model=minilm,index=HNSW32,search_params.efSearch=128
+    bm25+dense                            hybrid (RRF) of the members
+    runs/bm25+runs/dense@fusion=weighted,weights=0.4;0.6   members may be saved indexes; options after @
+    runs/scifact-minilm                   a saved index folder (has manifest.json)
+    config.yaml / config.json / '{"kind": "bm25"}'          a dict {"kind": ..., options...}
+
+Values are read as YAML scalars (numbers, true/false); `a;b` is a list; `x.y=v` sets {"x": {"y": v}}.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from indexes.manifest import MANIFEST
+
+
+def _value(text: str):
+    if ";" in text:
+        return [_value(part) for part in text.split(";") if part]
+    return yaml.safe_load(text) if text else ""
+
+
+def _options(text: str, spec: str) -> dict:
+    options: dict = {}
+    for item in filter(None, text.split(",")):
+        if "=" not in item:
+            raise ValueError(f"retriever spec {spec!r}: option {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        *parents, leaf = key.strip().split(".")
+        target = options
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = _value(value.strip())
+    return options
+
+
+def spec_to_config(spec: str | dict) -> dict | str:
+    """A config dict {"kind", ...options}, or the path of a saved index (returned as a str)."""
+    if isinstance(spec, dict):
+        if "kind" not in spec:
+            raise ValueError(f"retriever config {spec!r} has no 'kind'")
+        return dict(spec)
+    spec = spec.strip()
+    if (Path(spec) / MANIFEST).is_file():
+        return spec
+    if spec.startswith("{"):
+        return spec_to_config(json.loads(spec))
+    if spec.endswith((".json", ".yaml", ".yml")) and Path(spec).is_file():
+        return spec_to_config(yaml.safe_load(Path(spec).read_text(encoding="utf-8")))
+    if "+" in spec:
+        members, _, options = spec.partition("@")
+        return {"kind": "hybrid", "members": [m.strip() for m in members.split("+")], **_options(options, spec)}
+    kind, _, options = spec.partition(":")
+    if "/" in kind or Path(kind).exists():
+        raise ValueError(f"{spec}: no {MANIFEST} there, so it is not a saved index")
+    return {"kind": kind, **_options(options, spec)}
+
+
+def parse_spec(spec: str | dict):
+    """The retriever a spec names: loaded when it is a saved index, new (not yet indexed) otherwise."""
+    from retrieval.api import build_retriever, load_retriever
+
+    config = spec_to_config(spec)
+    if isinstance(config, str):
+        return load_retriever(config)
+    return build_retriever(**config)
