@@ -68,9 +68,8 @@ class Retriever(ABC):
 
     def search_one(self, query: str, k: int = 10) -> list[Hit]:
         """Ranked hits for one query string, with document text where it is stored."""
-        scores = self.search({"q": query}, k).get("q", {})
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        return [Hit(doc_id, score, self.doc_text(doc_id)) for doc_id, score in ranked]
+        run = self.search({"q": query}, k)
+        return [Hit(doc_id, score, self.doc_text(doc_id)) for doc_id, score in run.top("q")]
 
     def doc_text(self, doc_id: str) -> str | None:
         if self._corpus is not None:

@@ -77,6 +77,15 @@ class HybridRetriever(Retriever):
         self.members = members
         if all(m.doc_count for m in members):
             self.doc_count = members[0].doc_count
+            self.build_seconds = self._members_build_seconds()
+
+    def _members_build_seconds(self) -> float | None:
+        times = [m.build_seconds for m in self.members]
+        return None if None in times else sum(times)
+
+    def index(self, corpus: Corpus) -> None:
+        super().index(corpus)
+        self.build_seconds = self._members_build_seconds()  # the fusion itself costs nothing to build
 
     def describe(self) -> dict:
         return {**super().describe(), "members": [m.describe() for m in self.members]}

@@ -14,8 +14,9 @@ class Hit(NamedTuple):
 
 
 def ranked(scores: dict[str, float]) -> list[tuple[str, float]]:
-    """Score-descending order; ties broken by doc id so every tool sees one order."""
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    """Score-descending order, ties broken by doc id descending: trec_eval's (and so pytrec_eval's,
+    mteb's and BEIR's) order, so a truncated run or a TREC file ranks exactly as they do."""
+    return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
 
 
 class Run(dict):

@@ -8,7 +8,8 @@
     runs/scifact-minilm                   a saved index folder (has manifest.json)
     config.yaml / config.json / '{"kind": "bm25"}'          a dict {"kind": ..., options...}
 
-Values are read as YAML scalars (numbers, true/false); `a;b` is a list; `x.y=v` sets {"x": {"y": v}}.
+Values are read as YAML scalars (numbers, true/false); `a;b` is a list; `x.y=v` sets {"x": {"y": v}};
+a comma not followed by `key=` belongs to the value (`index=IVF256,PQ32`).
 """
 from __future__ import annotations
 
@@ -27,8 +28,14 @@ def _value(text: str):
 
 
 def _options(text: str, spec: str) -> dict:
+    items: list[str] = []
+    for piece in filter(None, text.split(",")):
+        if "=" in piece or not items:
+            items.append(piece)
+        else:  # a comma inside a value, as in faiss factory strings: index=IVF256,PQ32
+            items[-1] += "," + piece
     options: dict = {}
-    for item in filter(None, text.split(",")):
+    for item in items:
         if "=" not in item:
             raise ValueError(f"retriever spec {spec!r}: option {item!r} is not key=value")
         key, value = item.split("=", 1)

@@ -1,0 +1,41 @@
+# `make demo` and `make test` each work on a fresh machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DENGEN := $(VENV)/bin/dengen
+STAMP  := $(VENV)/.installed
+DATA   ?= ../shared/data/scifact
+DEMO   ?= results/demo
+
+.PHONY: venv demo test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch 2.13.0 is the CPU build on this machine's disk; any other version downloads gigabytes
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[all,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# SciFact with BM25 (Lucene), MiniLM + faiss Flat, and their RRF hybrid: indexes in runs/demo, results and
+# a Markdown table in $(DEMO).
+demo: $(STAMP)
+	$(DENGEN) eval --data $(DATA) --retriever bm25 --save-index runs/demo/bm25 --out $(DEMO)
+	$(DENGEN) eval --data $(DATA) --retriever dense:model=minilm,index=Flat --save-index runs/demo/dense --out $(DEMO)
+	$(DENGEN) eval --data $(DATA) --retriever runs/demo/bm25+runs/demo/dense --save-index runs/demo/hybrid --out $(DEMO)
+	$(DENGEN) report $(DEMO) --out $(DEMO)/RESULTS.md
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# real-model, real-data checks (full SciFact with MiniLM; several minutes)
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) scripts/bench_search.py
+
+clean:
+	rm -rf $(VENV) runs results

@@ -1,0 +1,101 @@
+"""Evaluate a retriever on a dataset split: metrics, build time, index size, query latency."""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from eval.metrics import evaluate_run
+from indexes.manifest import folder_bytes
+from retrieval.api import Retriever
+from retrieval.data import Dataset
+from retrieval.run import Run
+
+
+def label(description: dict) -> str:
+    """A short, file-name-safe name for a retriever configuration."""
+    kind = description["kind"]
+    if kind == "dense":
+        name = f"dense-{Path(str(description['model'])).name}-{description['index']}"
+    elif kind == "bm25":
+        name = f"bm25-{description['fields']}" if description.get("fields", "flat") != "flat" else "bm25"
+    elif kind == "hybrid":
+        name = f"hybrid-{description['fusion']}-" + "+".join(label(m) for m in description["members"])
+    else:
+        name = kind
+    return "".join(c if c.isalnum() or c in "-+._" else "_" for c in name)
+
+
+def index_bytes(retriever: Retriever) -> int:
+    """Size of the saved index; an unsaved one is saved to a temporary folder to measure it."""
+    if retriever.path is not None:
+        return folder_bytes(retriever.path)
+    with tempfile.TemporaryDirectory(prefix="dengen-size-") as tmp:
+        retriever.save(Path(tmp) / "index")
+        size = folder_bytes(Path(tmp) / "index")
+    retriever.path = None
+    return size
+
+
+def query_latency_ms(retriever: Retriever, queries: dict[str, str], k: int, sample: int = 100) -> dict:
+    """Wall time of one-query searches over the first `sample` queries, after one warm-up query."""
+    chosen = list(queries.items())[:sample]
+    retriever.search(dict(chosen[:1]), k)
+    times = []
+    for qid, text in chosen:
+        start = time.perf_counter()
+        retriever.search({qid: text}, k)
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {
+        "mean": statistics.fmean(times),
+        "p50": times[len(times) // 2],
+        "p95": times[min(len(times) - 1, int(0.95 * len(times)))],
+        "queries": len(times),
+    }
+
+
+def evaluate(retriever: Retriever, dataset: Dataset, ks=(10, 100), latency_sample: int = 100) -> tuple[dict, Run]:
+    """Index (if needed), search every judged query, and score. Returns (result record, run)."""
+    if not retriever.doc_count:
+        retriever.index(dataset.corpus)
+    elif retriever.doc_count != len(dataset.corpus):
+        raise ValueError(f"the index holds {retriever.doc_count} documents; {dataset.name} has {len(dataset.corpus)}")
+    depth = max(ks)
+    start = time.perf_counter()
+    run = retriever.search(dataset.queries, depth)
+    search_seconds = time.perf_counter() - start
+    description = retriever.describe()
+    record = {
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "retriever": description,
+        "label": label(description),
+        "metrics": evaluate_run(dataset.qrels, run, ks),
+        "num_queries": len(dataset.queries),
+        "num_docs": len(dataset.corpus),
+        "build_seconds": retriever.build_seconds,
+        "search_seconds": search_seconds,
+        "latency_ms": query_latency_ms(retriever, dataset.queries, depth, latency_sample),
+        "index_bytes": index_bytes(retriever),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return record, run
+
+
+def format_table(records: list[dict]) -> str:
+    """A Markdown table: one row per result, metric columns in a stable order."""
+    metrics = sorted({m for r in records for m in r["metrics"]}, key=lambda m: (m.split("@")[0] != "ndcg", m.split("@")[0], int(m.split("@")[1])))
+    head = ["dataset", "retriever", *metrics, "latency ms", "index MB", "build s"]
+    rows = [
+        [
+            r["dataset"], r["label"], *(f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in metrics),
+            f"{r['latency_ms']['mean']:.1f}" if r.get("latency_ms") else "",
+            f"{r['index_bytes'] / 1e6:.1f}" if r.get("index_bytes") is not None else "",
+            f"{r['build_seconds']:.1f}" if r.get("build_seconds") is not None else "",
+        ]
+        for r in records
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

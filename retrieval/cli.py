@@ -1,0 +1,154 @@
+"""The `dengen` command line: index build, search, eval, report.
+
+Everything heavy is imported inside the command that needs it, so `dengen --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+SPEC_HELP = "retriever spec: bm25 | dense:model=minilm,index=Flat | bm25+dense | a saved index folder | config.yaml"
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k expects comma-separated integers, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise argparse.ArgumentTypeError("--k needs positive integers")
+    return ks
+
+
+def cmd_index_build(args) -> None:
+    from retrieval.data import load_corpus
+    from retrieval.spec import parse_spec
+
+    corpus = load_corpus(args.data)
+    retriever = parse_spec(args.retriever)
+    retriever.index(corpus)
+    retriever.save(args.out)
+    print(f"indexed {retriever.doc_count} documents in {retriever.build_seconds:.1f} s -> {args.out}")
+
+
+def cmd_search(args) -> None:
+    from retrieval.api import load_retriever
+    from retrieval.data import load_queries
+
+    retriever = load_retriever(args.index)
+    if args.query is not None:
+        for rank, hit in enumerate(retriever.search_one(args.query, args.k), start=1):
+            snippet = (hit.text or "").replace("\n", " ")
+            snippet = snippet[: args.snippet] + ("..." if len(snippet) > args.snippet else "")
+            print(f"{rank:>3}  {hit.score:9.4f}  {hit.doc_id}  {snippet}")
+        return
+    run = retriever.search(load_queries(args.queries), args.k)
+    run.to_trec(args.out, tag=args.tag)
+    print(f"{len(run)} queries -> {args.out}")
+
+
+def cmd_eval(args) -> None:
+    from eval.metrics import evaluate_run
+    from eval.runner import evaluate, format_table
+    from retrieval.data import load_dataset
+    from retrieval.run import Run
+    from retrieval.spec import parse_spec
+
+    dataset = load_dataset(args.data, args.split, drop_missing=args.drop_missing)
+    if args.run:
+        record = {
+            "dataset": dataset.name, "split": dataset.split, "retriever": {"kind": "run", "file": args.run},
+            "label": args.name or Path(args.run).stem, "metrics": evaluate_run(dataset.qrels, Run.from_trec(args.run), args.k),
+            "num_queries": len(dataset.queries),
+        }
+        run = None
+    else:
+        retriever = parse_spec(args.retriever)
+        record, run = evaluate(retriever, dataset, args.k)
+        if args.name:
+            record["label"] = args.name
+        if args.save_index:
+            retriever.save(args.save_index)
+    print(format_table([record]))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"{dataset.name}-{dataset.split}-{record['label']}"
+        (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if run is not None:
+            run.to_trec(out / f"{stem}.trec", tag=record["label"])
+        print(f"wrote {out / (stem + '.json')}")
+
+
+def cmd_report(args) -> None:
+    from eval.runner import format_table
+
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(args.results).glob("*.json"))]
+    if not records:
+        sys.exit(f"{args.results}: no result files (*.json) to report")
+    table = format_table(records)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(f"# dengen results\n\n{table}\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dengen", description="Dense, sparse and generative retrieval behind one API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    index = sub.add_parser("index", help="build indexes").add_subparsers(dest="action", required=True)
+    build = index.add_parser("build", help="index a corpus and save it")
+    build.add_argument("--data", required=True, help="corpus: a BEIR folder or a jsonl/tsv file")
+    build.add_argument("--retriever", required=True, help=SPEC_HELP)
+    build.add_argument("--out", required=True, help="folder to save the index in")
+    build.set_defaults(func=cmd_index_build)
+
+    search = sub.add_parser("search", help="search a saved index")
+    search.add_argument("--index", required=True, help="saved index folder")
+    what = search.add_mutually_exclusive_group(required=True)
+    what.add_argument("--query", help="one query; prints the top hits with a text snippet")
+    what.add_argument("--queries", help="queries file or BEIR folder; writes a TREC run to --out")
+    search.add_argument("--out", help="TREC run file (with --queries)")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--snippet", type=int, default=100, help="characters of text to show per hit")
+    search.add_argument("--tag", default="dengen", help="run tag in the TREC file")
+    search.set_defaults(func=cmd_search)
+
+    ev = sub.add_parser("eval", help="evaluate a retriever (or a TREC run) on a dataset split")
+    ev.add_argument("--data", required=True, help="dataset folder (BEIR layout or MTEB-style qrels)")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--retriever", help=SPEC_HELP)
+    source.add_argument("--run", help="score an existing TREC run file instead")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--k", type=_ks, default=[10, 100], help="cut-offs, e.g. 10,100")
+    ev.add_argument("--out", help="results folder: writes <dataset>-<split>-<label>.json and .trec")
+    ev.add_argument("--name", help="label for this configuration in results and reports")
+    ev.add_argument("--save-index", help="also save the built index to this folder")
+    ev.add_argument("--drop-missing", action="store_true", help="drop qrels whose ids are not in the corpus/queries (warns with counts)")
+    ev.set_defaults(func=cmd_eval)
+
+    report = sub.add_parser("report", help="a Markdown table of all results in a folder")
+    report.add_argument("results", help="folder of result JSON files written by dengen eval")
+    report.add_argument("--out", help="Markdown file to write")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "func", None) is cmd_search and args.queries and not args.out:
+        build_parser().error("search --queries needs --out RUN.trec")
+    from retrieval.errors import DataError, IndexLoadError, ModelNotAvailable
+
+    try:
+        args.func(args)
+    except (DataError, IndexLoadError, ModelNotAvailable, FileNotFoundError, ValueError) as err:
+        sys.exit(f"dengen: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DENGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+TINY_DOCS = [
+    ("d1", "Vitamin D", "Vitamin D deficiency is common in elderly people and weakens bones."),
+    ("d2", "Scurvy", "Scurvy is caused by a lack of vitamin C in the diet."),
+    ("d3", "Photosynthesis", "Plants convert sunlight, water and carbon dioxide into sugar."),
+    ("d4", "Black holes", "A black hole is a region of spacetime where gravity prevents light from escaping."),
+    ("d5", "Insulin", "Insulin is a hormone that lowers blood glucose; diabetes follows when it fails."),
+    ("d6", "Volcanoes", "Volcanic eruptions release ash and lava from magma chambers."),
+    ("d7", "Antibiotics", "Penicillin and other antibiotics kill bacteria but not viruses."),
+    ("d8", "Chess", "Chess is a strategy board game played between two players on 64 squares."),
+]
+TINY_QUERIES = {
+    "q1": "what causes scurvy",
+    "q2": "hormone controlling blood sugar",
+    "q3": "why can light not escape a black hole",
+    "q4": "do antibiotics work against viruses",
+}
+TINY_QRELS = {"q1": {"d2": 1}, "q2": {"d5": 1}, "q3": {"d4": 1}, "q4": {"d7": 1}}
+
+
+def write_beir(folder: Path, docs=TINY_DOCS, queries=TINY_QUERIES, qrels=TINY_QRELS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "corpus.jsonl", "w") as out:
+        for doc_id, title, text in docs:
+            out.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+    with open(folder / "queries.jsonl", "w") as out:
+        for qid, text in queries.items():
+            out.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    (folder / "qrels").mkdir(exist_ok=True)
+    with open(folder / "qrels" / "test.tsv", "w") as out:
+        out.write("query-id\tcorpus-id\tscore\n")
+        for qid, docs_ in qrels.items():
+            for doc_id, score in docs_.items():
+                out.write(f"{qid}\t{doc_id}\t{score}\n")
+    return folder
+
+
+@pytest.fixture
+def tiny_beir(tmp_path) -> Path:
+    return write_beir(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_beir_session(tmp_path_factory) -> Path:
+    return write_beir(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"shared data {path} not present")
+    return path
+
+
+def run_python(code: str, cwd: Path = REPO) -> str:
+    """Run code in a fresh interpreter (a new process, as a user restarting would) and return stdout."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise AssertionError(f"subprocess failed:\n{done.stderr[-3000:]}")
+    return done.stdout

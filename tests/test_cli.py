@@ -1,0 +1,62 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, TINY_QRELS, run_python
+
+from eval.runner import evaluate
+from retrieval import load_dataset, parse_spec
+
+
+def dengen(*args, check=True):
+    done = subprocess.run([sys.executable, "-m", "retrieval.cli", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check and done.returncode != 0:
+        raise AssertionError(done.stderr[-3000:])
+    return done
+
+
+def test_help_is_instant_and_imports_no_heavy_library():
+    out = run_python("import sys, retrieval.cli as c; c.build_parser().format_help(); "
+                     "print(sorted(m for m in ('torch','faiss','pyserini','jnius','sentence_transformers') if m in sys.modules))")
+    assert out.strip() == "[]"
+    assert "index" in dengen("--help").stdout
+
+
+def test_cli_eval_equals_python_api(tiny_beir, tmp_path):
+    dengen("eval", "--data", tiny_beir, "--retriever", "bm25", "--k", "1,5", "--out", tmp_path / "res", "--save-index", tmp_path / "bm25")
+    record = json.loads((tmp_path / "res" / "tiny-test-bm25.json").read_text())
+    api_record, run = evaluate(parse_spec("bm25"), load_dataset(tiny_beir), ks=(1, 5))
+    assert record["metrics"] == pytest.approx(api_record["metrics"])
+    assert record["metrics"]["recall@5"] == 1.0
+    assert set(record) >= {"retriever", "metrics", "index_bytes", "build_seconds", "latency_ms"}
+    assert record["index_bytes"] > 0 and record["latency_ms"]["mean"] > 0
+    # the TREC run written beside it scores the same through --run
+    dengen("eval", "--data", tiny_beir, "--run", tmp_path / "res" / "tiny-test-bm25.trec", "--k", "1,5", "--out", tmp_path / "res2")
+    again = json.loads((tmp_path / "res2" / "tiny-test-tiny-test-bm25.json").read_text())
+    assert again["metrics"] == pytest.approx(record["metrics"])
+
+
+def test_index_build_and_search(tiny_beir, tmp_path):
+    out = dengen("index", "build", "--data", tiny_beir, "--retriever", "bm25:fields=multifield", "--out", tmp_path / "idx").stdout
+    assert "indexed 8 documents" in out
+    hits = dengen("search", "--index", tmp_path / "idx", "--query", "scurvy vitamin", "--k", "2").stdout.splitlines()
+    assert len(hits) == 2 and hits[0].split()[2] == "d2" and "Scurvy" in hits[0] and hits[1].split()[2] == "d1"
+    dengen("search", "--index", tmp_path / "idx", "--queries", tiny_beir / "queries.jsonl", "--out", tmp_path / "run.trec")
+    lines = (tmp_path / "run.trec").read_text().splitlines()
+    assert {line.split()[0] for line in lines} == set(TINY_QRELS)
+
+
+def test_cli_reports_bad_input_with_file_and_line(tiny_beir):
+    with open(tiny_beir / "corpus.jsonl", "a") as out:
+        out.write('{"_id": "d9", "title": "no text"}\n')
+    done = dengen("eval", "--data", tiny_beir, "--retriever", "bm25", check=False)
+    assert done.returncode != 0
+    assert f"{tiny_beir / 'corpus.jsonl'}, line 9, field 'text'" in done.stderr
+
+
+def test_cli_refuses_damaged_index(tiny_beir, tmp_path):
+    dengen("index", "build", "--data", tiny_beir, "--retriever", "bm25", "--out", tmp_path / "idx")
+    (tmp_path / "idx" / "docs.jsonl").write_text("")
+    done = dengen("search", "--index", tmp_path / "idx", "--query", "x", check=False)
+    assert done.returncode != 0 and "truncated" in done.stderr

@@ -1,0 +1,22 @@
+import pytest
+
+from retrieval.hybrid import rrf, weighted_sum
+
+
+def test_rrf_worked_case():
+    a = {"x": 9.0, "y": 5.0, "z": 1.0}  # ranks x1 y2 z3
+    b = {"y": 0.9, "w": 0.8}  # ranks y1 w2
+    fused = rrf([a, b], k=60)
+    assert fused["y"] == pytest.approx(1 / 62 + 1 / 61)
+    assert fused["x"] == pytest.approx(1 / 61)
+    assert fused["w"] == pytest.approx(1 / 62)
+    assert fused["z"] == pytest.approx(1 / 63)
+    assert max(fused, key=fused.get) == "y"
+
+
+def test_weighted_sum_min_max_worked_case():
+    a = {"x": 10.0, "y": 6.0, "z": 2.0}  # -> 1, .5, 0
+    b = {"y": 0.8, "w": 0.4}  # -> 1, 0
+    fused = weighted_sum([a, b], [0.25, 0.75])
+    assert fused == pytest.approx({"x": 0.25, "y": 0.25 * 0.5 + 0.75, "z": 0.0, "w": 0.0})
+    assert weighted_sum([{"only": 3.0}], [1.0]) == {"only": 1.0}

@@ -1,0 +1,141 @@
+"""Every retriever kind: index, search, save, reload in a new process, same run; damaged indexes refused."""
+import json
+import shutil
+
+import pytest
+from conftest import TINY_QUERIES, run_python, shared
+
+from eval.metrics import evaluate_run
+from retrieval import IndexLoadError, build_retriever, load_corpus, load_dataset, load_retriever, parse_spec
+
+SPECS = {
+    "bm25": "bm25",
+    "bm25-multifield": "bm25:fields=multifield",
+    "dense": "dense:model=minilm,index=Flat",
+    "dense-hnsw": "dense:model=minilm,index=HNSW32,search_params.efSearch=64",
+    "hybrid": "bm25+dense",
+    "hybrid-weighted": "bm25+dense@fusion=weighted,weights=0.3;0.7",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tiny_beir_session, tmp_path_factory):
+    """Each kind indexed once on the tiny corpus and saved."""
+    corpus = load_corpus(tiny_beir_session)
+    out = {}
+    for name, spec in SPECS.items():
+        retriever = parse_spec(spec)
+        retriever.index(corpus)
+        path = tmp_path_factory.mktemp("idx") / name
+        retriever.save(path)
+        out[name] = (retriever, path)
+    return out
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_finds_the_relevant_document(built, name):
+    retriever, _ = built[name]
+    top = retriever.search_one("what causes scurvy", k=3)
+    assert top[0].doc_id == "d2" and "vitamin C" in top[0].text
+    run = retriever.search(TINY_QUERIES, k=5)
+    assert set(run) == set(TINY_QUERIES) and all(len(docs) <= 5 for docs in run.values())
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_reload_in_a_new_process_gives_the_same_run(built, name):
+    retriever, path = built[name]
+    expected = retriever.search(TINY_QUERIES, k=5)
+    code = (
+        "import json; from retrieval import load_retriever; "
+        f"r = load_retriever({str(path)!r}); print(json.dumps(r.search({TINY_QUERIES!r}, k=5)))"
+    )
+    reloaded = json.loads(run_python(code).strip().splitlines()[-1])
+    assert reloaded.keys() == expected.keys()
+    for qid in expected:
+        assert list(reloaded[qid]) == [d for d, _ in expected.top(qid)]
+        assert reloaded[qid] == pytest.approx(dict(expected[qid]), rel=1e-5)
+
+
+def test_manifest_records_the_build(built):
+    manifest = json.loads((built["dense"][1] / "manifest.json").read_text())
+    assert manifest["kind"] == "dense" and manifest["doc_count"] == 8 and manifest["dims"] == 384
+    assert manifest["model"]["name"] == "minilm" and len(manifest["model"]["sha256"]) == 64
+    assert {"vectors.faiss", "docids.txt", "docs.jsonl"} <= set(manifest["files"])
+    hybrid = json.loads((built["hybrid"][1] / "manifest.json").read_text())
+    assert hybrid["members"] == ["bm25", "dense"]
+    assert any(f.startswith("member-0/lucene/") for f in hybrid["files"])
+    assert "member-1/vectors.faiss" in hybrid["files"]
+
+
+@pytest.mark.parametrize("name,victim", [("dense", "vectors.faiss"), ("bm25", "docids.txt"), ("hybrid", "member-1/vectors.faiss")])
+def test_truncated_index_file_is_refused(built, tmp_path, name, victim):
+    copy = tmp_path / name
+    shutil.copytree(built[name][1], copy)
+    data = (copy / victim).read_bytes()
+    (copy / victim).write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexLoadError, match="truncated"):
+        load_retriever(copy)
+
+
+def test_edited_lucene_file_is_refused(built, tmp_path):
+    copy = tmp_path / "bm25"
+    shutil.copytree(built["bm25"][1], copy)
+    victim = max((p for p in (copy / "lucene").iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(IndexLoadError, match="altered"):
+        load_retriever(copy)
+
+
+def test_index_built_with_another_model_is_refused(built, tmp_path):
+    copy = tmp_path / "dense"
+    shutil.copytree(built["dense"][1], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexLoadError, match="re-index with this model"):
+        load_retriever(copy)
+
+
+def test_wrong_kind_and_unbuilt(built):
+    from retrieval.sparse.bm25 import BM25Retriever
+
+    with pytest.raises(IndexLoadError, match="holds a 'dense' index"):
+        BM25Retriever.load(built["dense"][1])
+    with pytest.raises(RuntimeError, match="no index yet"):
+        build_retriever("bm25").search({"q": "x"})
+
+
+def test_hybrid_from_saved_members_does_not_reindex(built, tiny_beir_session):
+    hybrid = parse_spec(f"{built['bm25'][1]}+{built['dense'][1]}")
+    assert hybrid.doc_count == 8
+    hybrid.index(load_corpus(tiny_beir_session))  # members already hold this corpus: kept as they are
+    assert [m.path for m in hybrid.members] == [built["bm25"][1], built["dense"][1]]
+    assert hybrid.search_one("what causes scurvy", k=1)[0].doc_id == "d2"
+
+
+def test_spec_parsing():
+    from retrieval.spec import spec_to_config
+
+    assert spec_to_config("bm25:k1=1.2,b=0.75") == {"kind": "bm25", "k1": 1.2, "b": 0.75}
+    assert spec_to_config("dense:index=HNSW32,search_params.efSearch=128") == {
+        "kind": "dense", "index": "HNSW32", "search_params": {"efSearch": 128}}
+    assert spec_to_config("dense:index=IVF256,PQ32x8,search_params.nprobe=16,model=minilm") == {
+        "kind": "dense", "index": "IVF256,PQ32x8", "search_params": {"nprobe": 16}, "model": "minilm"}
+    assert spec_to_config("bm25+dense:model=minilm@fusion=weighted,weights=1;2") == {
+        "kind": "hybrid", "members": ["bm25", "dense:model=minilm"], "fusion": "weighted", "weights": [1, 2]}
+    with pytest.raises(ValueError, match="unknown retriever kind"):
+        parse_spec("nope")
+    with pytest.raises(ValueError, match="not key=value"):
+        spec_to_config("bm25:k1")
+
+
+def test_bm25_on_scifact_matches_anserini():
+    """Anserini's BEIR flat regression: SciFact nDCG@10 0.6789, R@100 0.9253 (k1=0.9, b=0.4)."""
+    ds = load_dataset(shared("scifact"))
+    retriever = build_retriever("bm25")
+    retriever.index(ds.corpus)
+    metrics = evaluate_run(ds.qrels, retriever.search(ds.queries, k=100), ks=(10, 100))
+    assert metrics["ndcg@10"] == pytest.approx(0.6789, abs=0.002)
+    assert metrics["recall@100"] == pytest.approx(0.9253, abs=0.003)
