@@ -78,7 +78,10 @@ def cmd_eval(args) -> None:
         stem = f"{dataset.name}-{dataset.split}-{record['label']}"
         (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         if run is not None:
-            run.to_trec(out / f"{stem}.trec", tag=record["label"])
+            try:
+                run.to_trec(out / f"{stem}.trec", tag=record["label"])
+            except ValueError as err:  # e.g. LIMIT's doc ids are names with spaces
+                print(f"no TREC run written: {err}", file=sys.stderr)
         print(f"wrote {out / (stem + '.json')}")
 
 

@@ -31,6 +31,10 @@ class Run(dict):
     def to_trec(self, path: str | Path, tag: str = "dengen") -> None:
         """Write `qid Q0 docid rank score tag` lines, ranks from 1."""
         path = Path(path)
+        for qid, docs in self.items():
+            bad = next((i for i in (qid, *docs) if not i or any(c.isspace() for c in i)), None)
+            if bad is not None:
+                raise ValueError(f"{path}: id {bad!r} is empty or holds white space, which a TREC run file cannot hold")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as out:

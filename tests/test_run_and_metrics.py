@@ -15,6 +15,12 @@ def test_trec_roundtrip(tmp_path):
     assert Run.from_trec(tmp_path / "run.trec") == run
 
 
+def test_ids_with_white_space_cannot_go_to_trec(tmp_path):
+    with pytest.raises(ValueError, match="'Geneva Durben' is empty or holds white space"):
+        Run({"q": {"Geneva Durben": 1.0}}).to_trec(tmp_path / "r.trec")
+    assert not (tmp_path / "r.trec").exists()
+
+
 def test_ties_follow_trec_eval_order():
     # trec_eval breaks score ties by docno, descending
     assert [d for d, _ in ranked({"a": 1.0, "b": 1.0, "c": 2.0})] == ["c", "b", "a"]
