@@ -86,17 +86,14 @@ def cmd_eval(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from eval.runner import format_table
+    from eval.report import load_records, markdown_table, write_report
 
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(args.results).glob("*.json"))]
+    records = load_records(args.results)
     if not records:
-        sys.exit(f"{args.results}: no result files (*.json) to report")
-    table = format_table(records)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(f"# dengen results\n\n{table}\n", encoding="utf-8")
-        print(f"wrote {args.out}")
-    print(table)
+        sys.exit(f"dengen: error: {args.results}: no result files (*.json) to report")
+    page = write_report(records, args.out, title=args.title)
+    print(markdown_table(records))
+    print(f"wrote {page} and {Path(args.out) / 'README.md'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--drop-missing", action="store_true", help="drop qrels whose ids are not in the corpus/queries (warns with counts)")
     ev.set_defaults(func=cmd_eval)
 
-    report = sub.add_parser("report", help="a Markdown table of all results in a folder")
+    report = sub.add_parser("report", help="leaderboard (Markdown + HTML with plots) of all results in a folder")
     report.add_argument("results", help="folder of result JSON files written by dengen eval")
-    report.add_argument("--out", help="Markdown file to write")
+    report.add_argument("--out", required=True, help="report folder: README.md, index.html, PNG plots")
+    report.add_argument("--title", default="dengen leaderboard")
     report.set_defaults(func=cmd_report)
     return parser
 
