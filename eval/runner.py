@@ -33,9 +33,7 @@ def index_bytes(retriever: Retriever) -> int:
         return folder_bytes(retriever.path)
     with tempfile.TemporaryDirectory(prefix="dengen-size-") as tmp:
         retriever.save(Path(tmp) / "index")
-        size = folder_bytes(Path(tmp) / "index")
-    retriever.path = None
-    return size
+        return folder_bytes(Path(tmp) / "index")
 
 
 def query_latency_ms(retriever: Retriever, queries: dict[str, str], k: int, sample: int = 100) -> dict:

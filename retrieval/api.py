@@ -43,7 +43,7 @@ class Retriever(ABC):
         self.config = config
         self.doc_count = 0
         self.build_seconds: float | None = None
-        self.path: Path | None = None  # where it was last saved or loaded from
+        self.path: Path | None = None  # the saved index it was loaded from; None when built in memory
         self._texts = DocTexts(None)  # texts of a loaded index, read lazily
         self._corpus: Corpus | None = None  # the corpus of a freshly built index
 
@@ -95,7 +95,6 @@ class Retriever(ABC):
             }
 
         write_index_dir(path, fill)
-        self.path = Path(path)
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Retriever:
@@ -135,7 +134,7 @@ class Retriever(ABC):
         """Store doc ids in corpus order (engines' integer positions follow it) and their texts."""
         if self._corpus is not None:
             write_docstore(folder, self._corpus.ids, ((d.title, d.text) for d in self._corpus))
-        else:  # re-saving a loaded index: its docstore files are already right
+        else:  # re-saving a loaded index: copy its docstore files
             for name in ("docids.txt", "docs.jsonl"):
                 shutil.copyfile(self.path / name, folder / name)
 

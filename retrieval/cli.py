@@ -56,6 +56,18 @@ def cmd_eval(args) -> None:
     from retrieval.run import Run
     from retrieval.spec import parse_spec
 
+    if args.suite:
+        from eval.report import markdown_table
+        from eval.suite import run_suite
+
+        if not args.retriever:
+            sys.exit("dengen: error: --suite needs --retriever")
+        records = run_suite(args.retriever, args.out or "results", args.suite, args.data_root,
+                            args.tasks.split(",") if args.tasks else None)
+        print(markdown_table(records) if records else "no task ran")
+        return
+    if not args.data:
+        sys.exit("dengen: error: eval needs --data DIR (or --suite NAME)")
     dataset = load_dataset(args.data, args.split, drop_missing=args.drop_missing)
     if args.run:
         record = {
@@ -118,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--tag", default="dengen", help="run tag in the TREC file")
     search.set_defaults(func=cmd_search)
 
-    ev = sub.add_parser("eval", help="evaluate a retriever (or a TREC run) on a dataset split")
-    ev.add_argument("--data", required=True, help="dataset folder (BEIR layout or MTEB-style qrels)")
+    ev = sub.add_parser("eval", help="evaluate a retriever (or a TREC run) on a dataset split, or run a suite")
+    ev.add_argument("--data", help="dataset folder (BEIR layout or MTEB-style qrels)")
+    ev.add_argument("--suite", help="run a benchmark suite instead of one dataset: default")
+    ev.add_argument("--tasks", help="with --suite: only these tasks, comma-separated")
+    ev.add_argument("--data-root", help="with --suite: the shared data folder (default $DENGEN_DATA or ../shared/data)")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--retriever", help=SPEC_HELP)
     source.add_argument("--run", help="score an existing TREC run file instead")

@@ -113,11 +113,6 @@ class HybridRetriever(Retriever):
     def doc_text(self, doc_id: str) -> str | None:
         return next((t for m in self.members if (t := m.doc_text(doc_id)) is not None), None)
 
-    def save(self, path: str | Path) -> None:
-        super().save(path)
-        for i, member in enumerate(self.members):  # they were saved inside the temporary folder
-            member.path = Path(path) / f"member-{i}"
-
     def _save_files(self, folder: Path) -> dict:
         for i, member in enumerate(self.members):
             member.save(folder / f"member-{i}")

@@ -139,3 +139,13 @@ def test_bm25_on_scifact_matches_anserini():
     metrics = evaluate_run(ds.qrels, retriever.search(ds.queries, k=100), ks=(10, 100))
     assert metrics["ndcg@10"] == pytest.approx(0.6789, abs=0.002)
     assert metrics["recall@100"] == pytest.approx(0.9253, abs=0.003)
+
+
+def test_hybrid_of_saved_members_can_be_measured_then_saved(built, tmp_path):
+    """Regression: measuring the size (a save to a temporary folder) must not point members at it."""
+    from eval.runner import index_bytes
+
+    hybrid = parse_spec(f"{built['bm25'][1]}+{built['dense'][1]}")
+    assert index_bytes(hybrid) > 0
+    hybrid.save(tmp_path / "hybrid")
+    assert load_retriever(tmp_path / "hybrid").search_one("what causes scurvy", k=1)[0].doc_id == "d2"
