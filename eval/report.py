@@ -29,15 +29,28 @@ def main_metric(record: dict) -> str:
     return record.get("main_metric") or (DEFAULT_METRIC if DEFAULT_METRIC in record["metrics"] else sorted(record["metrics"])[0])
 
 
+def variant(record: dict) -> str | None:
+    """What setting of its dataset a record scored: how long documents were read, or the instruction."""
+    info = record.get("long_doc")
+    if isinstance(info, str):
+        return info
+    if info:
+        if info["mode"] == "chunk":
+            return f"chunk {info['window']}x{info['stride']}{info['unit'][0]}"
+        if info["mode"] == "truncate":
+            limits = [f"{info[k]}{unit}" for k, unit in (("max_words", "w"), ("max_tokens", "t")) if info.get(k)]
+            return "truncate " + ",".join(limits)
+        return info["mode"]
+    if "instruction" in record:
+        return "instr" if record["instruction"] else "no instr"
+    return None
+
+
 def column_name(record: dict) -> str:
     """Dataset plus what makes this run a different setting of it."""
-    variant = record.get("variant")
-    if variant is None and record.get("long_doc"):
-        variant = record["long_doc"]
-    if variant is None and "instruction" in record:
-        variant = "instr" if record["instruction"] else "no instr"
+    setting = record.get("variant") or variant(record)
     name = record.get("dataset", "?")
-    return f"{name} [{variant}]" if variant else name
+    return f"{name} [{setting}]" if setting else name
 
 
 def leaderboard(records: list[dict]) -> tuple[list[str], list[str], dict]:

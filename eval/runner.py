@@ -22,6 +22,8 @@ def label(description: dict) -> str:
         name = f"bm25-{description['fields']}" if description.get("fields", "flat") != "flat" else "bm25"
     elif kind == "hybrid":
         name = f"hybrid-{description['fusion']}-" + "+".join(label(m) for m in description["members"])
+    elif kind == "chunked":
+        name = f"chunked-{label(description['inner'])}-{description['window']}x{description['stride']}{description['unit'][0]}"
     else:
         name = kind
     return "".join(c if c.isalnum() or c in "-+._" else "_" for c in name)

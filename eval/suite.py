@@ -8,13 +8,12 @@ keeps what it finished.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
-from eval.report import column_name
-from eval.runner import evaluate
+from eval.report import column_name, variant
+from eval.runner import evaluate, label
 from retrieval.spec import parse_spec
 
 
@@ -23,16 +22,16 @@ class Skip(Exception):
 
 
 def default_data_root() -> Path:
-    return Path(os.environ.get("DENGEN_DATA", "../shared/data"))
+    from retrieval.data import shared_data
+
+    return shared_data()
 
 
-def _retrieval_task(folder: str, task: str, ks, main_metric: str, loader=None):
+def _retrieval_task(folder: str, task: str, ks, main_metric: str):
     def run(spec, root: Path) -> list[dict]:
         from retrieval.data import load_dataset
 
-        path = root / folder
-        dataset = loader(path) if loader else load_dataset(path, "test")
-        record, _ = evaluate(parse_spec(spec), dataset, ks)
+        record, _ = evaluate(parse_spec(spec), load_dataset(root / folder, "test"), ks)
         return [{**record, "task": task, "main_metric": main_metric}]
 
     return run
@@ -53,6 +52,52 @@ def _limit(spec, root: Path) -> list[dict]:
     return records
 
 
+def _qmsum(spec, root: Path) -> list[dict]:
+    """QMSum two ways: documents as the retriever takes them (a dense encoder cuts them at its token
+    limit, with a warning saying how much; BM25 reads them whole) and chunked with max-pooled windows."""
+    from eval.loco import evaluate_long, load_qmsum
+    from retrieval.longdoc import encoder_of
+
+    dataset = load_qmsum(root / "qmsum", "test")
+    retriever = parse_spec(spec)
+    if retriever.kind == "chunked":
+        return [evaluate_long(retriever, dataset)[0]]
+    chunked = parse_spec({"kind": "chunked", "inner": retriever.describe(), **QMSUM_CHUNKS})
+    if any(encoder_of(m) for m in getattr(retriever, "members", [])):
+        print(f"QMSum: only chunked for {retriever.kind}: its dense members would cut whole documents silently")
+        return [evaluate_long(chunked, dataset)[0]]
+    as_is, _ = evaluate_long(retriever, dataset, long_doc="truncate" if encoder_of(retriever) else "full")
+    return [as_is, evaluate_long(chunked, dataset)[0]]
+
+
+QMSUM_CHUNKS = {"window": 150, "stride": 150, "unit": "words"}  # ~200 MiniLM tokens: under its 256 limit
+
+
+def _rarb(spec, root: Path) -> list[dict]:
+    from eval.rarb import MCR_SETS, evaluate_mcr_sets, mcr_path
+
+    folder = root / "rar-b-mcr"
+    sets = []
+    for name in MCR_SETS:
+        try:
+            mcr_path(name, folder)
+            sets.append(name)
+        except FileNotFoundError as err:
+            print(f"skip RAR-b {name}: {err}")
+    if not sets:
+        raise Skip(f"no RAR-b MCR files in {folder}")
+    return evaluate_mcr_sets(parse_spec(spec), sets, root=folder)
+
+
+def _sts(spec, root: Path) -> list[dict]:
+    from eval.mteb_tasks import MTEB_SPLITS
+    from eval.sts import evaluate_sts
+
+    encoder = _encoder_of(spec)
+    return [evaluate_sts(encoder, name, MTEB_SPLITS[task], folder=root / name)
+            for name, task in (("stsbenchmark", "STSBenchmark"), ("sick", "SICK-R"))]
+
+
 def _kilt(spec, root: Path) -> list[dict]:
     raise Skip("KILT retrieval needs the KILT Wikipedia knowledge source (35 GiB), which is not available offline; "
                "eval/kilt.py scores KILT-format predictions from any run once it is")
@@ -69,14 +114,22 @@ def _encoder_of(spec):
 TASKS: dict[str, Callable] = {
     "scifact": _retrieval_task("scifact", "SciFact", (10, 100), "ndcg@10"),
     "limit": _limit,
+    "sts": _sts,
+    "rar-b": _rarb,
+    "qmsum": _qmsum,
     "kilt": _kilt,
 }
 SUITES = {"default": list(TASKS)}
 
 
 def run_suite(spec: str, out: str | Path, suite: str = "default", data_root: str | Path | None = None,
-              tasks: list[str] | None = None) -> list[dict]:
-    """Run the suite's tasks (or `tasks`) for `spec`; write each record to `out` and return them all."""
+              tasks: list[str] | None = None, name: str | None = None) -> list[dict]:
+    """Run the suite's tasks (or `tasks`) for `spec`; write each record to `out` and return them all.
+
+    Every record is labelled `name` (default: the spec's configuration label), so one retriever is one
+    row of the report whatever each task scored it with; what varies within a task (long documents
+    truncated or chunked, instruction or not) is the record's `variant`.
+    """
     names = tasks or SUITES[suite]
     unknown = [n for n in names if n not in TASKS]
     if unknown:
@@ -84,18 +137,19 @@ def run_suite(spec: str, out: str | Path, suite: str = "default", data_root: str
     root = Path(data_root) if data_root else default_data_root()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    row = name or label(parse_spec(spec).describe())
     records = []
-    for name in names:
+    for task in names:
         start = time.perf_counter()
         try:
-            new = TASKS[name](spec, root)
+            new = TASKS[task](spec, root)
         except Skip as why:
-            print(f"skip {name}: {why}")
+            print(f"skip {task}: {why}")
             continue
         for record in new:
-            record["suite"] = suite
+            record.update(suite=suite, label=row, variant=variant(record))
             stem = "".join(c if c.isalnum() or c in "-+._" else "_" for c in f"{column_name(record)}-{record.get('split', '')}-{record['label']}")
             (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         records += new
-        print(f"{name}: {len(new)} result(s) in {time.perf_counter() - start:.0f} s")
+        print(f"{task}: {len(new)} result(s) in {time.perf_counter() - start:.0f} s")
     return records

@@ -27,6 +27,7 @@ RETRIEVERS = {
     "bm25": "retrieval.sparse.bm25:BM25Retriever",
     "dense": "retrieval.dense.retriever:DenseRetriever",
     "hybrid": "retrieval.hybrid:HybridRetriever",
+    "chunked": "retrieval.longdoc:ChunkedRetriever",
 }
 
 

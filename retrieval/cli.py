@@ -63,7 +63,7 @@ def cmd_eval(args) -> None:
         if not args.retriever:
             sys.exit("dengen: error: --suite needs --retriever")
         records = run_suite(args.retriever, args.out or "results", args.suite, args.data_root,
-                            args.tasks.split(",") if args.tasks else None)
+                            args.tasks.split(",") if args.tasks else None, name=args.name)
         print(markdown_table(records) if records else "no task ran")
         return
     if not args.data:
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset folder (BEIR layout or MTEB-style qrels)")
     ev.add_argument("--suite", help="run a benchmark suite instead of one dataset: default")
     ev.add_argument("--tasks", help="with --suite: only these tasks, comma-separated")
-    ev.add_argument("--data-root", help="with --suite: the shared data folder (default $DENGEN_DATA or ../shared/data)")
+    ev.add_argument("--data-root", help="with --suite: the shared data folder (default $DENGEN_SHARED_DATA or ../shared/data beside the repository)")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--retriever", help=SPEC_HELP)
     source.add_argument("--run", help="score an existing TREC run file instead")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +82,19 @@ class Dataset:
 # ---------------------------------------------------------------- low-level line readers
 
 
+def shared_data(name: str = "") -> Path:
+    """A folder of the shared benchmark data: $DENGEN_SHARED_DATA, else ../shared/data beside the repository."""
+    root = os.environ.get("DENGEN_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(root) / name
+
+
 def _open_text(path: Path):
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8")
     return open(path, encoding="utf-8")
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
     with _open_text(path) as lines:
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
@@ -158,7 +165,7 @@ def load_corpus(path: str | Path) -> Corpus:
         docs.append(doc)
 
     if _is_jsonl(path):
-        for lineno, record in _jsonl_records(path):
+        for lineno, record in jsonl_records(path):
             id_field = next((f for f in DOC_ID_FIELDS if f in record), DOC_ID_FIELDS[0])
             doc_id = _id(_field(record, DOC_ID_FIELDS, path, lineno), path, lineno, id_field)
             text = _field(record, DOC_TEXT_FIELDS, path, lineno)
@@ -210,7 +217,7 @@ def load_queries(path: str | Path, split: str | None = None) -> dict[str, str]:
         queries[qid] = text
 
     if _is_jsonl(path):
-        for lineno, record in _jsonl_records(path):
+        for lineno, record in jsonl_records(path):
             id_field = next((f for f in QUERY_ID_FIELDS if f in record), QUERY_ID_FIELDS[0])
             qid = _id(_field(record, QUERY_ID_FIELDS, path, lineno), path, lineno, id_field)
             add(qid, _field(record, QUERY_TEXT_FIELDS, path, lineno), lineno, id_field)
@@ -246,7 +253,7 @@ def _qrels_file(folder: Path, split: str) -> Path:
 def _qrels_lines(path: Path) -> Iterator[tuple[int, str, str, int]]:
     """(line, query id, doc id, relevance) from BEIR tsv, TREC qrels or MTEB jsonl."""
     if _is_jsonl(path):
-        for lineno, record in _jsonl_records(path):
+        for lineno, record in jsonl_records(path):
             qid = _id(_field(record, ("query-id", "query_id", "qid"), path, lineno), path, lineno, "query-id")
             doc_id = _id(_field(record, ("corpus-id", "corpus_id", "docid"), path, lineno), path, lineno, "corpus-id")
             score = record.get("score")

@@ -1,13 +1,14 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from retrieval.data import shared_data
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DENGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = shared_data()
 
 TINY_DOCS = [
     ("d1", "Vitamin D", "Vitamin D deficiency is common in elderly people and weakens bones."),

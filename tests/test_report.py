@@ -32,6 +32,11 @@ def test_column_names_carry_the_variant():
     assert column_name({"dataset": "ARC", "instruction": True}) == "ARC [instr]"
     assert column_name({"dataset": "ARC", "instruction": False}) == "ARC [no instr]"
     assert column_name({"dataset": "qmsum", "long_doc": "truncate"}) == "qmsum [truncate]"
+    chunked = {"mode": "chunk", "window": 150, "stride": 75, "unit": "words", "chunks": 9}
+    assert column_name({"dataset": "QMSum", "long_doc": chunked}) == "QMSum [chunk 150x75w]"
+    truncated = {"mode": "truncate", "max_words": None, "max_tokens": 256}
+    assert column_name({"dataset": "QMSum", "long_doc": truncated}) == "QMSum [truncate 256t]"
+    assert column_name({"dataset": "ARC", "instruction": False}) == "ARC [no instr]"
 
 
 def test_report_files_and_reload(tmp_path):

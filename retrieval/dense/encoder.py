@@ -58,7 +58,7 @@ class SentenceEncoder:
 
     @property
     def dim(self) -> int:
-        return self.model.get_sentence_embedding_dimension()
+        return self.model.get_embedding_dimension()
 
     @property
     def fingerprint(self) -> str:

@@ -1,0 +1,60 @@
+"""`dengen eval --suite`: every task on a tiny data root, one report row per retriever, settings as columns."""
+import json
+import shutil
+
+from conftest import REPO, TINY_DOCS, shared, write_beir
+from test_rarb import write_mcr
+
+from eval.report import column_name, load_records, markdown_table
+from eval.suite import QMSUM_CHUNKS, run_suite
+
+# long enough that QMSum's 150-word windows split them: the relevant words sit in the second window
+LONG_DOCS = [(d, t, " ".join(["filler"] * 160) + " " + text) for d, t, text in TINY_DOCS]
+
+
+def data_root(tmp_path):
+    root = tmp_path / "data"
+    write_beir(root / "scifact")
+    write_beir(root / "qmsum", docs=LONG_DOCS)
+    shutil.copytree(shared("limit-small"), root / "limit-small")
+    rows = [("Pick the cure.", "what cures scurvy", ["vitamin C cures scurvy", "chess openings"], 0),
+            ("Pick the cure.", "what treats bacterial infection", ["volcano ash", "antibiotics treat infection"], 1)]
+    (root / "rar-b-mcr").mkdir()
+    write_mcr(root / "rar-b-mcr" / "ARC-Challenge-test.csv", rows)
+    return root
+
+
+def test_default_suite_runs_every_offline_task_for_bm25(tmp_path, capsys):
+    out = tmp_path / "results"
+    records = run_suite("bm25", out, data_root=data_root(tmp_path))
+    said = capsys.readouterr().out
+    assert "skip sts: bm25 has no text encoder" in said and "skip kilt:" in said
+    assert "skip LIMIT (limit):" in said and "skip RAR-b alphanli:" in said  # absent from this root
+
+    assert {r["label"] for r in records} == {"bm25"}  # one report row, whatever each task scored with
+    columns = [column_name(r) for r in records]
+    window = f"{QMSUM_CHUNKS['window']}x{QMSUM_CHUNKS['stride']}w"
+    assert columns == ["scifact", "limit-small", "ARC-Challenge [no instr]", "ARC-Challenge [instr]",
+                       "QMSum [full]", f"QMSum [chunk {window}]"]
+    by_column = dict(zip(columns, records))
+    assert by_column["scifact"]["metrics"]["ndcg@10"] > 0.9  # every tiny query has one obvious answer
+    assert by_column[f"QMSum [chunk {window}]"]["long_doc"]["chunks"] == 2 * len(LONG_DOCS)
+    assert by_column["ARC-Challenge [no instr]"]["metrics"]["accuracy"] == 1.0
+    assert by_column["limit-small"]["main_metric"] == "recall@2"
+
+    saved = load_records(out)  # each record is on disk, the report reads them back
+    assert sorted(column_name(r) for r in saved) == sorted(columns)
+    assert all(json.loads(p.read_text())["suite"] == "default" for p in out.glob("*.json"))
+    assert "QMSum [full]" in markdown_table(saved)
+
+
+def test_suite_from_the_cli_with_chosen_tasks_and_name(tmp_path):
+    from conftest import run_python
+
+    root = data_root(tmp_path)
+    run_python(f"from retrieval.cli import main; main(['eval', '--suite', 'default', '--tasks', 'scifact,qmsum', "
+               f"'--retriever', 'bm25:k1=1.2', '--name', 'my-bm25', '--data-root', '{root}', '--out', '{tmp_path / 'r'}'])",
+               cwd=REPO)
+    records = load_records(tmp_path / "r")
+    assert {r["label"] for r in records} == {"my-bm25"} and len(records) == 3
+    assert all(r["retriever"].get("k1", r["retriever"].get("inner", {}).get("k1")) == 1.2 for r in records)
