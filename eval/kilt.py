@@ -18,6 +18,7 @@ import argparse
 import gzip
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -128,6 +129,70 @@ def example_id(record: dict) -> str:
 def kilt_queries(records: Iterable[dict]) -> dict[str, str]:
     """{example id: input} in file order: the queries to search with, and the `inputs` of `run_to_kilt`."""
     return {example_id(r): r["input"] for r in records}
+
+
+# ---------------------------------------------------------------- the knowledge source and end-to-end runs
+
+KNOWLEDGE_SOURCE_URL = "http://dl.fbaipublicfiles.com/KILT/kilt_knowledgesource.json"
+
+
+def load_knowledge_source(path: str | Path) -> Corpus:
+    """KILT's Wikipedia (kilt_knowledgesource.json, one page per line) as a corpus of whole pages.
+
+    A page becomes one document: id = `wikipedia_id`, title = `wikipedia_title`, text = its paragraphs
+    (`text`, a list; KILT's first paragraph repeats the title) joined by newlines. A bad line raises
+    `DataError` naming the file, line and field. Use a `chunked` retriever to score pages by passages.
+    """
+    path = Path(path)
+    docs, seen = [], set()
+    for lineno, record in jsonl_records(path):
+        for field, kind in (("wikipedia_id", (str, int)), ("wikipedia_title", str), ("text", list)):
+            if not isinstance(record.get(field), kind):
+                raise DataError(path, lineno, field, "missing" if field not in record else f"must be {kind}")
+        page = str(record["wikipedia_id"]).strip()
+        if page in seen:
+            raise DataError(path, lineno, "wikipedia_id", f"duplicate page {page!r}")
+        seen.add(page)
+        paragraphs = [str(t).strip() for t in record["text"]]
+        if paragraphs and paragraphs[0] == record["wikipedia_title"].strip():
+            paragraphs = paragraphs[1:]
+        docs.append(Doc(page, record["wikipedia_title"], "\n".join(paragraphs)))
+    if not docs:
+        raise DataError(path, None, None, "no pages")
+    return Corpus(docs, source=str(path))
+
+
+def evaluate_kilt(retriever, gold_path: str | Path, corpus: Corpus, ks: Iterable[int] = (1, 5, 10, 20)) -> tuple[dict, list[dict]]:
+    """Search every input of a KILT gold file and score the pages found. Returns (record, guess records).
+
+    Args:
+        retriever: any dengen retriever; indexed on `corpus` unless it already holds documents. Its
+            document ids must be the pages' wikipedia_ids (`load_knowledge_source`), or the ids of a
+            `chunked` retriever over them.
+        gold_path: a KILT gold jsonl(.gz), e.g. hotpotqa-dev-kilt.jsonl.gz.
+        corpus: the pages, for their ids and titles.
+        ks: KILT's cut-offs (its default 1, 5, 10, 20); main metric R-precision.
+    """
+    from eval.runner import label
+
+    ks = _check_ks(ks)
+    gold = read_kilt(gold_path)
+    if not retriever.doc_count:
+        retriever.index(corpus)
+    inputs = kilt_queries(gold)
+    start = time.perf_counter()
+    run = retriever.search(inputs, k=max(100, max(ks)))
+    seconds = time.perf_counter() - start
+    guess = run_to_kilt(run, inputs, corpus_pages(corpus, page_id=lambda doc: doc.id), k=max(ks))
+    dataset, _, split = Path(gold_path).name.split(".")[0].removesuffix("-kilt").rpartition("-")  # hotpotqa-dev-kilt
+    description = retriever.describe()
+    record = {
+        "task": "KILT", "dataset": dataset or split, "split": split if dataset else "",
+        "retriever": description, "label": label(description), "metrics": kilt_retrieval_scores(gold, guess, ks),
+        "main_metric": "r-precision", "num_queries": len(gold), "num_docs": len(corpus),
+        "build_seconds": retriever.build_seconds, "search_seconds": seconds, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return record, guess
 
 
 # ---------------------------------------------------------------- runs to KILT guesses

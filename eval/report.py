@@ -152,6 +152,7 @@ table {{ border-collapse: collapse; font-size: 14px; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
 th {{ background: #f3f3f3; }}
+div.scroll {{ overflow-x: auto; }}
 td.best {{ font-weight: bold; background: #e8f4e8; }}
 img {{ max-width: 100%; border: 1px solid #ddd; margin: 1em 0; }}
 </style></head>
@@ -159,9 +160,9 @@ img {{ max-width: 100%; border: 1px solid #ddd; margin: 1em 0; }}
 <h1>{title}</h1>
 <p>{count} results. Rows: retriever configurations; columns: datasets with their main metric (best in bold),
 then mean one-query latency and mean index size over the row's results.</p>
-<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>
+<div class="scroll"><table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>
 {body}
-</tbody></table>
+</tbody></table></div>
 <h2>Per-dataset scores</h2>
 <img id="bars" alt="per-dataset scores" src="data:image/png;base64,{bars}">
 <h2>Quality against latency</h2>
@@ -202,3 +203,31 @@ def write_report(records: list[dict], out: str | Path, title: str = "dengen lead
     )
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"
+
+
+def chromium() -> str | None:
+    """Debian's headless-capable Chromium, if installed (`make test` installs it)."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def render(page: str | Path, *, screenshot: str | Path | None = None, size: tuple[int, int] = (1200, 1600)) -> str:
+    """Open an HTML page in headless Chromium: returns the DOM after scripts ran; with `screenshot`,
+    also writes a PNG of the page at `size` (width, height in pixels)."""
+    import subprocess
+    import tempfile
+
+    browser = chromium()
+    if browser is None:
+        raise FileNotFoundError("rendering needs Chromium: apt-get install chromium")
+    uri = Path(page).resolve().as_uri()
+    with tempfile.TemporaryDirectory(prefix="dengen-chromium-") as profile:
+        flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--virtual-time-budget=5000"]
+        dom = subprocess.run([*flags, "--dump-dom", uri], capture_output=True, text=True, timeout=120, check=True).stdout
+        if screenshot is not None:
+            subprocess.run([*flags, f"--window-size={size[0]},{size[1]}", f"--screenshot={Path(screenshot).resolve()}", uri],
+                           capture_output=True, timeout=120, check=True)
+    return dom

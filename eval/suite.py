@@ -98,9 +98,46 @@ def _sts(spec, root: Path) -> list[dict]:
             for name, task in (("stsbenchmark", "STSBenchmark"), ("sick", "SICK-R"))]
 
 
+KILT_SOURCE = ("kilt/kilt_knowledgesource.json", "kilt/kilt_knowledgesource.jsonl.gz")
+
+
 def _kilt(spec, root: Path) -> list[dict]:
-    raise Skip("KILT retrieval needs the KILT Wikipedia knowledge source (35 GiB), which is not available offline; "
-               "eval/kilt.py scores KILT-format predictions from any run once it is")
+    """Page retrieval over KILT's Wikipedia for every gold file in kilt-dev/, scored as KILT does."""
+    from eval.kilt import KNOWLEDGE_SOURCE_URL, evaluate_kilt, load_knowledge_source
+
+    source = next((root / name for name in KILT_SOURCE if (root / name).is_file()), None)
+    if source is None:
+        raise Skip(f"KILT needs its Wikipedia knowledge source at {root / KILT_SOURCE[0]} "
+                   f"(download {KNOWLEDGE_SOURCE_URL}, 35 GiB)")
+    golds = sorted((root / "kilt-dev").glob("*.jsonl*"))
+    if not golds:
+        raise Skip(f"no KILT gold files in {root / 'kilt-dev'}")
+    corpus, retriever = load_knowledge_source(source), parse_spec(spec)
+    return [evaluate_kilt(retriever, gold, corpus)[0] for gold in golds]
+
+
+def _mteb(spec, root: Path) -> list[dict]:
+    """SciFact through mteb.evaluate with the retriever behind mteb's search protocol, and STS-B and
+    SICK-R through mteb for a retriever with an encoder: mteb's own numbers beside dengen's."""
+    from eval.mteb_adapter import MtebEncoder, MtebRetriever, mteb_scores
+    from eval.mteb_tasks import scifact_task, sickr_task, stsbenchmark_task
+
+    retriever = parse_spec(spec)
+    scores = mteb_scores(MtebRetriever(retriever), scifact_task(root / "scifact", k_values=(10, 100)))
+    records = [_mteb_record(retriever, "scifact", "test", scores, {"ndcg@10": "ndcg_at_10", "recall@100": "recall_at_100"})]
+    encoder = getattr(retriever, "encoder", None)
+    if encoder is not None:
+        for name, task in (("stsbenchmark", stsbenchmark_task(folder=root / "stsbenchmark")), ("sick", sickr_task(folder=root / "sick"))):
+            scores = mteb_scores(MtebEncoder(encoder), task)
+            records.append(_mteb_record(retriever, name, task.metadata.eval_splits[0], scores, {"cosine_spearman": "cosine_spearman"}))
+    return records
+
+
+def _mteb_record(retriever, dataset: str, split: str, scores: dict, names: dict) -> dict:
+    description = retriever.describe()
+    return {"task": "MTEB", "dataset": dataset, "split": split, "variant": "mteb", "retriever": description,
+            "label": label(description), "metrics": {ours: float(scores[theirs]) for ours, theirs in names.items()},
+            "main_metric": next(iter(names)), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def _encoder_of(spec):
@@ -117,6 +154,7 @@ TASKS: dict[str, Callable] = {
     "sts": _sts,
     "rar-b": _rarb,
     "qmsum": _qmsum,
+    "mteb": _mteb,
     "kilt": _kilt,
 }
 SUITES = {"default": list(TASKS)}
@@ -147,7 +185,7 @@ def run_suite(spec: str, out: str | Path, suite: str = "default", data_root: str
             print(f"skip {task}: {why}")
             continue
         for record in new:
-            record.update(suite=suite, label=row, variant=variant(record))
+            record.update(suite=suite, label=row, variant=record.get("variant") or variant(record))
             stem = "".join(c if c.isalnum() or c in "-+._" else "_" for c in f"{column_name(record)}-{record.get('split', '')}-{record['label']}")
             (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         records += new

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 _jvm_ready = False
+_logs_quiet = False
 
 
 def ensure_jvm() -> None:
@@ -43,6 +44,21 @@ def ensure_jvm() -> None:
     _jvm_ready = True
 
 
+def quiet_java_logs() -> None:
+    """Anserini's INFO lines (log4j) and Lucene's (java.util.logging) to WARN: they flood every run.
+    Call after pyserini is imported, since that starts the JVM with its class path."""
+    global _logs_quiet
+    if _logs_quiet:
+        return
+    from jnius import autoclass
+
+    log4j_level = autoclass("org.apache.logging.log4j.Level")
+    autoclass("org.apache.logging.log4j.core.config.Configurator").setAllLevels("", log4j_level.WARN)
+    jul = autoclass("java.util.logging.Logger")
+    jul.getLogger("org.apache.lucene").setLevel(autoclass("java.util.logging.Level").WARNING)
+    _logs_quiet = True
+
+
 def build_lucene_index(
     folder: str | Path,
     docs: Iterable[dict],
@@ -55,6 +71,8 @@ def build_lucene_index(
     Anserini's default English analyzer (Porter stemming, stopwords removed), as its BEIR indexes use."""
     ensure_jvm()
     from pyserini.index.lucene import LuceneIndexer
+
+    quiet_java_logs()
 
     args = ["-index", str(folder)]
     if extra_fields:
@@ -77,6 +95,8 @@ class LuceneBM25:
     def __init__(self, folder: str | Path, k1: float = 0.9, b: float = 0.4, fields: dict[str, float] | None = None):
         ensure_jvm()
         from pyserini.search.lucene import LuceneSearcher
+
+        quiet_java_logs()
 
         self.searcher = LuceneSearcher(str(folder))
         self.searcher.set_bm25(k1, b)

@@ -98,7 +98,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from eval.report import load_records, markdown_table, write_report
+    from eval.report import load_records, markdown_table, render, write_report
 
     records = load_records(args.results)
     if not records:
@@ -106,6 +106,10 @@ def cmd_report(args) -> None:
     page = write_report(records, args.out, title=args.title)
     print(markdown_table(records))
     print(f"wrote {page} and {Path(args.out) / 'README.md'}")
+    if args.screenshot:
+        width, height = (int(n) for n in args.window.lower().split("x"))
+        render(page, screenshot=args.screenshot, size=(width, height))
+        print(f"wrote {args.screenshot}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", help="folder of result JSON files written by dengen eval")
     report.add_argument("--out", required=True, help="report folder: README.md, index.html, PNG plots")
     report.add_argument("--title", default="dengen leaderboard")
+    report.add_argument("--screenshot", help="also render the page in headless Chromium to this PNG")
+    report.add_argument("--window", default="1200x1600", help="screenshot size, WIDTHxHEIGHT pixels")
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -5,6 +5,7 @@ import sys
 import pytest
 from conftest import REPO, TINY_QRELS, run_python
 
+from eval.report import chromium
 from eval.runner import evaluate
 from retrieval import load_dataset, parse_spec
 
@@ -60,3 +61,11 @@ def test_cli_refuses_damaged_index(tiny_beir, tmp_path):
     (tmp_path / "idx" / "docs.jsonl").write_text("")
     done = dengen("search", "--index", tmp_path / "idx", "--query", "x", check=False)
     assert done.returncode != 0 and "truncated" in done.stderr
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed")
+def test_cli_report_writes_markdown_html_and_a_screenshot(tiny_beir, tmp_path):
+    dengen("eval", "--data", tiny_beir, "--retriever", "bm25", "--out", tmp_path / "res")
+    done = dengen("report", tmp_path / "res", "--out", tmp_path / "rep", "--screenshot", tmp_path / "page.png", "--window", "800x600")
+    assert "| bm25 |" in done.stdout and (tmp_path / "rep" / "index.html").is_file()
+    assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

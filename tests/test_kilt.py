@@ -13,11 +13,13 @@ from conftest import shared
 from eval.kilt import (
     align,
     corpus_pages,
+    evaluate_kilt,
     evidence_rank,
     example_scores,
     kilt_queries,
     kilt_retrieval_per_example,
     kilt_retrieval_scores,
+    load_knowledge_source,
     main,
     metric_names,
     read_kilt,
@@ -253,6 +255,45 @@ def test_command_line_prints_means(tmp_path, capsys):
     main([str(tmp_path / "guess.jsonl"), str(tmp_path / "gold.jsonl"), "--ks", "1,2"])
     # top-2 [B,X] -> R-precision 1/2; rank B -> [S0], X -> [S0,F], A -> [F,T]
     assert json.loads(capsys.readouterr().out) == {"r-precision": 0.5, "precision@1": 0, "precision@2": 0.5, "recall@2": 1, "success_rate@2": 1}
+
+
+# ---------------------------------------------------------------- knowledge source and end-to-end runs
+
+KS_PAGES = [
+    {"_id": "1", "wikipedia_id": "101", "wikipedia_title": "Scurvy", "text": ["Scurvy", "Scurvy is caused by a lack of vitamin C."]},
+    {"_id": "2", "wikipedia_id": "102", "wikipedia_title": "Insulin", "text": ["Insulin", "Insulin lowers blood glucose."]},
+    {"_id": "3", "wikipedia_id": "103", "wikipedia_title": "Chess", "text": ["Chess", "Chess is a board game for two players."]},
+]
+
+
+def write_knowledge_source(path, pages=KS_PAGES):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(p) + "\n" for p in pages))
+    return path
+
+
+def test_knowledge_source_pages_become_documents(tmp_path):
+    corpus = load_knowledge_source(write_knowledge_source(tmp_path / "ks.json"))
+    assert corpus.ids == ["101", "102", "103"]
+    assert corpus["101"].title == "Scurvy" and corpus["101"].text == "Scurvy is caused by a lack of vitamin C."  # title paragraph dropped
+    bad = write_knowledge_source(tmp_path / "bad.json", KS_PAGES[:1] + [{"wikipedia_id": "9", "wikipedia_title": "X", "text": "not a list"}])
+    with pytest.raises(DataError) as err:
+        load_knowledge_source(bad)
+    assert (err.value.line, err.value.field) == (2, "text") and str(bad) in str(err.value)
+
+
+def test_evaluate_kilt_runs_a_retriever_end_to_end(tmp_path):
+    from retrieval import build_retriever
+
+    corpus = load_knowledge_source(write_knowledge_source(tmp_path / "ks.json"))
+    gold = [gold_record("a", ["101"]), gold_record("b", ["102"]), gold_record("c", ["103", "101"])]
+    gold[0]["input"], gold[1]["input"], gold[2]["input"] = "lack of vitamin C", "blood glucose hormone", "board game and vitamin C"
+    write_kilt(gold, tmp_path / "toy-dev-kilt.jsonl")
+    record, guess = evaluate_kilt(build_retriever("bm25"), tmp_path / "toy-dev-kilt.jsonl", corpus, ks=(1, 2))
+    assert (record["dataset"], record["split"], record["main_metric"]) == ("toy", "dev", "r-precision")
+    assert [g["id"] for g in guess] == ["a", "b", "c"] and guess[0]["output"][0]["provenance"][0] == {"wikipedia_id": "101", "title": "Scurvy"}
+    assert record["metrics"] == kilt_retrieval_scores(gold, guess, ks=(1, 2))
+    assert record["metrics"]["r-precision"] == 1.0  # each query names its pages' words; c's two pages rank first
 
 
 # ---------------------------------------------------------------- the real KILT dev files

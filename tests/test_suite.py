@@ -2,6 +2,8 @@
 import json
 import shutil
 
+import pytest
+
 from conftest import REPO, TINY_DOCS, shared, write_beir
 from test_rarb import write_mcr
 
@@ -35,12 +37,13 @@ def test_default_suite_runs_every_offline_task_for_bm25(tmp_path, capsys):
     columns = [column_name(r) for r in records]
     window = f"{QMSUM_CHUNKS['window']}x{QMSUM_CHUNKS['stride']}w"
     assert columns == ["scifact", "limit-small", "ARC-Challenge [no instr]", "ARC-Challenge [instr]",
-                       "QMSum [full]", f"QMSum [chunk {window}]"]
+                       "QMSum [full]", f"QMSum [chunk {window}]", "scifact [mteb]"]
     by_column = dict(zip(columns, records))
     assert by_column["scifact"]["metrics"]["ndcg@10"] > 0.9  # every tiny query has one obvious answer
     assert by_column[f"QMSum [chunk {window}]"]["long_doc"]["chunks"] == 2 * len(LONG_DOCS)
     assert by_column["ARC-Challenge [no instr]"]["metrics"]["accuracy"] == 1.0
     assert by_column["limit-small"]["main_metric"] == "recall@2"
+    assert by_column["scifact [mteb]"]["metrics"]["ndcg@10"] == pytest.approx(by_column["scifact"]["metrics"]["ndcg@10"], abs=1e-3)
 
     saved = load_records(out)  # each record is on disk, the report reads them back
     assert sorted(column_name(r) for r in saved) == sorted(columns)
@@ -58,3 +61,18 @@ def test_suite_from_the_cli_with_chosen_tasks_and_name(tmp_path):
     records = load_records(tmp_path / "r")
     assert {r["label"] for r in records} == {"my-bm25"} and len(records) == 3
     assert all(r["retriever"].get("k1", r["retriever"].get("inner", {}).get("k1")) == 1.2 for r in records)
+
+
+def test_kilt_task_with_a_knowledge_source(tmp_path):
+    from test_kilt import gold_record, write_knowledge_source
+
+    from eval.kilt import write_kilt
+
+    root = data_root(tmp_path)
+    write_knowledge_source(root / "kilt" / "kilt_knowledgesource.json")
+    gold = [gold_record("a", ["101"]), gold_record("b", ["102"])]
+    gold[0]["input"], gold[1]["input"] = "lack of vitamin C", "blood glucose hormone"
+    write_kilt(gold, root / "kilt-dev" / "toy-dev-kilt.jsonl")
+
+    (kilt,) = run_suite("bm25", tmp_path / "results", data_root=root, tasks=["kilt"])
+    assert (column_name(kilt), kilt["main_metric"], kilt["metrics"]["r-precision"]) == ("toy", "r-precision", 1.0)
