@@ -16,13 +16,14 @@ DEFAULT_METRIC = "ndcg@10"
 
 
 def load_records(folder: str | Path) -> list[dict]:
-    """Every result record (*.json) under `folder`, in name order."""
+    """Every result record (*.json) under `folder`, in the order they were made (then by file name),
+    so a suite's columns keep its task order."""
     records = []
     for path in sorted(Path(folder).rglob("*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(record, dict) and "metrics" in record and "label" in record:
             records.append(record)
-    return records
+    return sorted(records, key=lambda r: r.get("date", ""))  # stable: same date keeps name order
 
 
 def main_metric(record: dict) -> str:
