@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -215,3 +216,18 @@ def mteb_scores(model, task, **evaluate_kwargs) -> dict[str, float]:
     (task_result,) = result.task_results
     split = task.metadata.eval_splits[0]
     return dict(task_result.scores[split][0])
+
+
+def retrieval_metric_names(ks) -> dict[str, str]:
+    """dengen metric name -> mteb score key, for the cut-offs `ks` (nDCG, recall, MAP, MRR)."""
+    return {f"{ours}@{k}": f"{theirs}_at_{k}" for k in ks for ours, theirs in
+            (("ndcg", "ndcg"), ("recall", "recall"), ("map", "map"), ("mrr", "mrr"))}
+
+
+def mteb_record(retriever: Retriever, dataset: str, split: str, scores: dict, names: dict[str, str]) -> dict:
+    """A result record (as `dengen eval` writes) from mteb's scores: `names` maps dengen metric names to
+    mteb's keys; the first is the main metric. The variant "mteb" keeps it beside dengen's own column."""
+    description = retriever.describe()
+    return {"task": "MTEB", "dataset": dataset, "split": split, "variant": "mteb", "retriever": description,
+            "label": retriever_label(description), "metrics": {ours: float(scores[theirs]) for ours, theirs in names.items()},
+            "main_metric": next(iter(names)), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

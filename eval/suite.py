@@ -119,25 +119,18 @@ def _kilt(spec, root: Path) -> list[dict]:
 def _mteb(spec, root: Path) -> list[dict]:
     """SciFact through mteb.evaluate with the retriever behind mteb's search protocol, and STS-B and
     SICK-R through mteb for a retriever with an encoder: mteb's own numbers beside dengen's."""
-    from eval.mteb_adapter import MtebEncoder, MtebRetriever, mteb_scores
+    from eval.mteb_adapter import MtebEncoder, MtebRetriever, mteb_record, mteb_scores
     from eval.mteb_tasks import scifact_task, sickr_task, stsbenchmark_task
 
     retriever = parse_spec(spec)
     scores = mteb_scores(MtebRetriever(retriever), scifact_task(root / "scifact", k_values=(10, 100)))
-    records = [_mteb_record(retriever, "scifact", "test", scores, {"ndcg@10": "ndcg_at_10", "recall@100": "recall_at_100"})]
+    records = [mteb_record(retriever, "scifact", "test", scores, {"ndcg@10": "ndcg_at_10", "recall@100": "recall_at_100"})]
     encoder = getattr(retriever, "encoder", None)
     if encoder is not None:
         for name, task in (("stsbenchmark", stsbenchmark_task(folder=root / "stsbenchmark")), ("sick", sickr_task(folder=root / "sick"))):
             scores = mteb_scores(MtebEncoder(encoder), task)
-            records.append(_mteb_record(retriever, name, task.metadata.eval_splits[0], scores, {"cosine_spearman": "cosine_spearman"}))
+            records.append(mteb_record(retriever, name, task.metadata.eval_splits[0], scores, {"cosine_spearman": "cosine_spearman"}))
     return records
-
-
-def _mteb_record(retriever, dataset: str, split: str, scores: dict, names: dict) -> dict:
-    description = retriever.describe()
-    return {"task": "MTEB", "dataset": dataset, "split": split, "variant": "mteb", "retriever": description,
-            "label": label(description), "metrics": {ours: float(scores[theirs]) for ours, theirs in names.items()},
-            "main_metric": next(iter(names)), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def _encoder_of(spec):

@@ -76,18 +76,28 @@ def cmd_eval(args) -> None:
             "num_queries": len(dataset.queries),
         }
         run = None
+    elif args.mteb:
+        from eval.mteb_adapter import MtebRetriever, mteb_record, mteb_scores, retrieval_metric_names
+        from eval.mteb_tasks import local_retrieval_task
+
+        retriever = parse_spec(args.retriever)
+        main = f"ndcg_at_{10 if 10 in args.k else args.k[0]}"  # mteb needs its main score among the cut-offs
+        task = local_retrieval_task(args.data, args.split, dataset.name, main_score=main, k_values=args.k,
+                                    drop_missing=args.drop_missing)
+        scores = mteb_scores(MtebRetriever(retriever), task)
+        record, run = mteb_record(retriever, dataset.name, dataset.split, scores, retrieval_metric_names(args.k)), None
     else:
         retriever = parse_spec(args.retriever)
         record, run = evaluate(retriever, dataset, args.k)
-        if args.name:
-            record["label"] = args.name
-        if args.save_index:
-            retriever.save(args.save_index)
+    if args.name:
+        record["label"] = args.name
+    if args.retriever and args.save_index:
+        retriever.save(args.save_index)
     print(format_table([record]))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        stem = f"{dataset.name}-{dataset.split}-{record['label']}"
+        stem = f"{dataset.name}-{dataset.split}-{record['label']}" + ("-mteb" if args.mteb else "")
         (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         if run is not None:
             try:
@@ -147,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="results folder: writes <dataset>-<split>-<label>.json and .trec")
     ev.add_argument("--name", help="label for this configuration in results and reports")
     ev.add_argument("--save-index", help="also save the built index to this folder")
+    ev.add_argument("--mteb", action="store_true", help="score through mteb.evaluate (the retriever behind mteb's search protocol) instead of dengen's runner")
     ev.add_argument("--drop-missing", action="store_true", help="drop qrels whose ids are not in the corpus/queries (warns with counts)")
     ev.set_defaults(func=cmd_eval)
 

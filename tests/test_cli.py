@@ -69,3 +69,12 @@ def test_cli_report_writes_markdown_html_and_a_screenshot(tiny_beir, tmp_path):
     done = dengen("report", tmp_path / "res", "--out", tmp_path / "rep", "--screenshot", tmp_path / "page.png", "--window", "800x600")
     assert "| bm25 |" in done.stdout and (tmp_path / "rep" / "index.html").is_file()
     assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_eval_through_mteb_agrees_with_the_runner(tiny_beir, tmp_path):
+    dengen("eval", "--data", tiny_beir, "--retriever", "bm25", "--k", "1,5", "--out", tmp_path / "res")
+    dengen("eval", "--data", tiny_beir, "--retriever", "bm25", "--k", "1,5", "--out", tmp_path / "res", "--mteb")
+    ours = json.loads((tmp_path / "res" / "tiny-test-bm25.json").read_text())
+    theirs = json.loads((tmp_path / "res" / "tiny-test-bm25-mteb.json").read_text())
+    assert theirs["variant"] == "mteb" and set(theirs["metrics"]) == {f"{m}@{k}" for m in ("ndcg", "recall", "map", "mrr") for k in (1, 5)}
+    assert theirs["metrics"] == pytest.approx({m: ours["metrics"][m] for m in theirs["metrics"]}, abs=1e-5)
