@@ -32,7 +32,6 @@ from retrieval.data import Corpus, Doc
 
 # mteb's model types by dengen kind; generative retrievers have no mteb type and are listed as dense
 MODEL_TYPES = {"bm25": "sparse", "dense": "dense", "hybrid": "hybrid"}
-ID_SAMPLE = 100  # documents checked by id before an existing index is reused
 
 
 def _config_hash(description: dict) -> str:
@@ -69,8 +68,8 @@ class MtebRetriever:
     Args:
         retriever: any built, loaded or empty dengen retriever.
         name: the model name mteb records (default: "dengen/<runner label>", e.g. "dengen/dense-minilm-Flat").
-        reindex: None (default) reuses an index that already holds the task's documents (same count, and a
-            spread sample of ids known to it) and indexes the task's corpus otherwise; True always indexes;
+        reindex: None (default) reuses an index that already holds the task's documents (`Retriever.holds`:
+            the same ids with the same texts) and indexes the task's corpus otherwise; True always indexes;
             False never does (for an index that stores no texts, so ids cannot be checked) and fails only
             when the document count differs.
 
@@ -97,13 +96,6 @@ class MtebRetriever:
             model_type=[MODEL_TYPES.get(description["kind"], "dense")],
         )
 
-    def holds(self, doc_ids: list[str]) -> bool:
-        """Whether the index already holds these documents: the same count, and a spread sample of ids all known to it."""
-        if self.retriever.doc_count != len(doc_ids) or not doc_ids:
-            return False
-        step = max(1, len(doc_ids) // ID_SAMPLE)
-        return all(self.retriever.doc_text(d) is not None for d in doc_ids[::step])
-
     def index(self, corpus, *, task_metadata=None, hf_split: str = "", hf_subset: str = "", encode_kwargs=None,
               num_proc: int | None = None, **kwargs: Any) -> None:
         """Index mteb's corpus unless the retriever already holds it (see `reindex`)."""
@@ -116,9 +108,10 @@ class MtebRetriever:
                 )
             self.reused_index = True
             return
-        self.reused_index = not self.reindex and self.holds(doc_ids)
+        docs = _corpus_from_mteb(corpus)
+        self.reused_index = not self.reindex and self.retriever.holds(docs)
         if not self.reused_index:
-            self.retriever.index(_corpus_from_mteb(corpus))
+            self.retriever.index(docs)
 
     def search(self, queries, *, task_metadata=None, hf_split: str = "", hf_subset: str = "", top_k: int = 1000,
                encode_kwargs=None, top_ranked=None, num_proc: int | None = None, **kwargs: Any) -> dict[str, dict[str, float]]:

@@ -77,6 +77,10 @@ class Retriever(ABC):
             return self._corpus[doc_id].full_text if doc_id in self._corpus else None
         return self._texts.get(doc_id)
 
+    def holds(self, corpus: Corpus) -> bool:
+        """Whether the index already holds exactly `corpus`: the same ids with the same texts."""
+        return self.doc_count == len(corpus) and all(self.doc_text(d.id) == d.full_text for d in corpus)
+
     def describe(self) -> dict:
         """Configuration for reports and manifests."""
         return {"kind": self.kind, **self.config}

@@ -92,10 +92,8 @@ class HybridRetriever(Retriever):
 
     def _index(self, corpus: Corpus) -> None:
         for member in self.members:
-            if not member.doc_count:
+            if not member.holds(corpus):  # a saved member built on this very corpus is kept as it is
                 member.index(corpus)
-            elif member.doc_count != len(corpus):
-                raise ValueError(f"member {member.kind} holds {member.doc_count} documents; the corpus has {len(corpus)}")
 
     def _search(self, queries: dict[str, str], k: int) -> dict[str, dict[str, float]]:
         depth = max(k, self.config["depth"])

@@ -14,7 +14,7 @@ from eval.metrics import evaluate_run
 from eval.mteb_adapter import MtebEncoder, MtebRetriever, mteb_model, mteb_scores
 from eval.mteb_tasks import local_retrieval_task, scifact_task, sickr_task, stsbenchmark_task
 from eval.runner import evaluate
-from retrieval import build_retriever, load_dataset, load_retriever
+from retrieval import build_retriever, load_corpus, load_dataset, load_retriever
 from retrieval.run import Run
 
 # SciFact cut-offs for the default test: searching 100 deep instead of mteb's 1000 is ~4x faster in
@@ -119,7 +119,7 @@ def test_reindex_false_trusts_the_index_but_not_another_size(tiny, tiny_bm25, tm
     folder, record = tiny_bm25
     loaded = load_retriever(folder)
     monkeypatch.setattr(loaded, "doc_text", lambda doc_id: None)  # an index that stores no texts
-    assert not MtebRetriever(loaded).holds([d[0] for d in TINY_DOCS])  # so the default would rebuild it
+    assert not loaded.holds(load_corpus(tiny))  # so the default would rebuild it
     adapter = MtebRetriever(loaded, reindex=False)
     assert mteb_scores(adapter, local_retrieval_task(tiny))["ndcg_at_10"] == pytest.approx(record["metrics"]["ndcg@10"], abs=1e-4)
     assert adapter.reused_index is True

@@ -6,7 +6,7 @@ import pytest
 from conftest import TINY_QUERIES, run_python, shared
 
 from eval.metrics import evaluate_run
-from retrieval import IndexLoadError, build_retriever, load_corpus, load_dataset, load_retriever, parse_spec
+from retrieval import Corpus, Doc, IndexLoadError, build_retriever, load_corpus, load_dataset, load_retriever, parse_spec
 
 SPECS = {
     "bm25": "bm25",
@@ -113,6 +113,9 @@ def test_hybrid_from_saved_members_does_not_reindex(built, tiny_beir_session):
     hybrid.index(load_corpus(tiny_beir_session))  # members already hold this corpus: kept as they are
     assert [m.path for m in hybrid.members] == [built["bm25"][1], built["dense"][1]]
     assert hybrid.search_one("what causes scurvy", k=1)[0].doc_id == "d2"
+    other = Corpus([Doc(d.id, d.title, d.text + " extra") for d in load_corpus(tiny_beir_session)])
+    hybrid.index(other)  # the same ids and count but other texts: every member is rebuilt
+    assert [m.path for m in hybrid.members] == [None, None] and hybrid.members[0].holds(other)
 
 
 def test_spec_parsing():
