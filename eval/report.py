@@ -18,12 +18,13 @@ DEFAULT_METRIC = "ndcg@10"
 def load_records(folder: str | Path) -> list[dict]:
     """Every result record (*.json) under `folder`, in the order they were made (then by file name),
     so a suite's columns keep its task order."""
-    records = []
+    found = []
     for path in sorted(Path(folder).rglob("*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(record, dict) and "metrics" in record and "label" in record:
-            records.append(record)
-    return sorted(records, key=lambda r: r.get("date", ""))  # stable: same date keeps name order
+            # dates have whole seconds; the file's write time orders records made within one second
+            found.append(((record.get("date", ""), path.stat().st_mtime_ns), record))
+    return [record for _, record in sorted(found, key=lambda pair: pair[0])]
 
 
 def main_metric(record: dict) -> str:
@@ -57,7 +58,12 @@ def column_name(record: dict) -> str:
 def leaderboard(records: list[dict]) -> tuple[list[str], list[str], dict]:
     """(rows, columns, cells): cells[(row, column)] = (value, metric); the last record for a cell wins."""
     rows = list(dict.fromkeys(r["label"] for r in records))
-    columns = list(dict.fromkeys(column_name(r) for r in records))
+    datasets = list(dict.fromkeys(r.get("dataset", "?") for r in records))
+    # columns in order of first appearance, each dataset's settings side by side
+    first = {}
+    for r in records:
+        first.setdefault(column_name(r), (datasets.index(r.get("dataset", "?")), len(first)))
+    columns = sorted(first, key=first.get)
     cells = {}
     for r in records:
         metric = main_metric(r)
