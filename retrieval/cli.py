@@ -122,6 +122,16 @@ def cmd_report(args) -> None:
         print(f"wrote {args.screenshot}")
 
 
+# method -> training module with main(argv) reading `--config FILE.yaml`
+TRAINERS = {"adapter": "training.adapter"}
+
+
+def cmd_train(args) -> None:
+    import importlib
+
+    importlib.import_module(TRAINERS[args.method]).main(["--config", args.config])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dengen", description="Dense, sparse and generative retrieval behind one API.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mteb", action="store_true", help="score through mteb.evaluate (the retriever behind mteb's search protocol) instead of dengen's runner")
     ev.add_argument("--drop-missing", action="store_true", help="drop qrels whose ids are not in the corpus/queries (warns with counts)")
     ev.set_defaults(func=cmd_eval)
+
+    train = sub.add_parser("train", help="train a method from a YAML recipe (see training/configs/)")
+    train.add_argument("method", choices=sorted(TRAINERS))
+    train.add_argument("--config", required=True, help="YAML recipe, e.g. training/configs/adapter-scifact.yaml")
+    train.set_defaults(func=cmd_train)
 
     report = sub.add_parser("report", help="leaderboard (Markdown + HTML with plots) of all results in a folder")
     report.add_argument("results", help="folder of result JSON files written by dengen eval")

@@ -78,3 +78,12 @@ def test_cli_eval_through_mteb_agrees_with_the_runner(tiny_beir, tmp_path):
     theirs = json.loads((tmp_path / "res" / "tiny-test-bm25-mteb.json").read_text())
     assert theirs["variant"] == "mteb" and set(theirs["metrics"]) == {f"{m}@{k}" for m in ("ndcg", "recall", "map", "mrr") for k in (1, 5)}
     assert theirs["metrics"] == pytest.approx({m: ours["metrics"][m] for m in theirs["metrics"]}, abs=1e-5)
+
+
+def test_cli_train_dispatches_to_the_method_recipe(tmp_path):
+    assert "adapter" in dengen("train", "--help").stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rnaks: [8]\n")  # a misspelt key: the adapter recipe names the file and the key
+    done = dengen("train", "adapter", "--config", bad, check=False)
+    assert done.returncode != 0 and str(bad) in done.stderr and "rnaks" in done.stderr
+    assert dengen("train", "nope", "--config", bad, check=False).returncode == 2
