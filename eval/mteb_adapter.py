@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from eval.mteb_tasks import offline_mteb
+from eval.runner import encoder_label
 from eval.runner import label as retriever_label
-from eval.sts import encoder_label
 from retrieval.api import Retriever
 from retrieval.data import Corpus, Doc
 

@@ -23,7 +23,8 @@ import functools
 import os
 from pathlib import Path
 
-from eval.sts import STS_SETS, load_sts_pairs, shared_folder, sts_set
+from eval.sts import STS_SETS, load_sts_pairs, sts_set
+from retrieval.data import shared_data
 
 # MTEB's own splits for its tasks: naming another split (or a slice) renames the task, so a partial
 # run can never be mistaken for the benchmark figure
@@ -191,7 +192,7 @@ def scifact_task(folder: str | Path | None = None, split: str = "test", k_values
         split: "test" (MTEB's); "train" (809 queries) reads the train add-on files.
         k_values: mteb's cut-offs, see `local_retrieval_task`.
     """
-    folder = Path(folder) if folder else shared_folder("scifact")
+    folder = Path(folder) if folder else shared_data("scifact")
     metadata = _mteb_metadata("SciFact", folder, split, _variant_name("SciFact", split, None))
     return local_retrieval_task(folder, split, k_values=k_values, metadata=metadata)
 
@@ -208,7 +209,7 @@ def local_sts_task(name: str, split: str = "test", folder: str | Path | None = N
     key = sts_set(name)
     mteb_name = STS_SETS[key][2]
     low, high = STS_SETS[key][3]
-    path = Path(folder) if folder else shared_folder(STS_SETS[key][0])
+    path = Path(folder) if folder else shared_data(STS_SETS[key][0])
     eval_split = "test" if split == "all" else split
     task_name = _variant_name(mteb_name, split, limit)
     note = f"Local copy: {path}, split {split}" + (f", first {limit} pairs." if limit else ".")

@@ -49,6 +49,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from retrieval.data import shared_data
 from retrieval.errors import DataError
 
 TASK = "RAR-b MCR"
@@ -80,18 +81,11 @@ class MCRItem(NamedTuple):
 # ------------------------------------------------------------------ data
 
 
-def data_root() -> Path:
-    """The RAR-b MCR folder: $DENGEN_SHARED_DATA/rar-b-mcr, else ../shared/data/rar-b-mcr beside the repo."""
-    from retrieval.data import shared_data
-
-    return shared_data("rar-b-mcr")
-
-
 def mcr_path(set_name: str | Path, root: str | Path | None = None) -> Path:
     """The CSV file of a set name (gzipped or not), or `set_name` itself when it is a CSV file path."""
     name = ALIASES.get(str(set_name), str(set_name))
     if name in MCR_FILES:
-        base = Path(root) if root is not None else data_root()
+        base = Path(root) if root is not None else shared_data("rar-b-mcr")
         for path in (base / (MCR_FILES[name] + ".gz"), base / MCR_FILES[name]):
             if path.is_file():
                 return path
@@ -141,7 +135,7 @@ def load_mcr(set_name: str | Path, limit: int | None = None, root: str | Path | 
         set_name: e.g. "ARC-Challenge", "TempReason-l2-pure", or a CSV path with header
             `instructions,queries,documents,labels`.
         limit: keep only the first `limit` records (all are still parsed up to there).
-        root: folder holding the sets (default: `data_root()`).
+        root: folder holding the sets (default: ../shared/data/rar-b-mcr, see `retrieval.data.shared_data`).
 
     Raises:
         DataError: a missing column, a wrong field count, an empty query, a `documents` cell that is not a
@@ -311,11 +305,10 @@ def tie_credit(scores: np.ndarray, candidates: Sequence[str], label: int) -> tup
 
 def _label(description: dict) -> str:
     """A short, file-name-safe name for the scorer (eval.runner's label; an encoder has no faiss index)."""
-    from eval.runner import label
+    from eval.runner import encoder_label, label
 
     if description.get("kind") == "dense" and "index" not in description:
-        name = f"dense-{Path(str(description.get('model', description.get('encoder', 'encoder')))).name}"
-        return "".join(c if c.isalnum() or c in "-+._" else "_" for c in name)
+        return encoder_label(description)
     return label(description)
 
 

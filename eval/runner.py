@@ -13,6 +13,17 @@ from retrieval.data import Dataset
 from retrieval.run import Run
 
 
+def safe_name(text: str) -> str:
+    """`text` with everything but letters, digits and -+._ replaced by _, for file names and labels."""
+    return "".join(c if c.isalnum() or c in "-+._" else "_" for c in text)
+
+
+def encoder_label(description: dict) -> str:
+    """A short, file-name-safe name for an encoder configuration ("encoder-minilm", "dense-minilm")."""
+    model = description.get("model") or description.get("encoder")
+    return safe_name(f"{description['kind']}-{Path(str(model)).name}" if model else description["kind"])
+
+
 def label(description: dict) -> str:
     """A short, file-name-safe name for a retriever configuration."""
     kind = description["kind"]
@@ -26,7 +37,7 @@ def label(description: dict) -> str:
         name = f"chunked-{label(description['inner'])}-{description['window']}x{description['stride']}{description['unit'][0]}"
     else:
         name = kind
-    return "".join(c if c.isalnum() or c in "-+._" else "_" for c in name)
+    return safe_name(name)
 
 
 def index_bytes(retriever: Retriever) -> int:

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from eval.runner import encoder_label
+from retrieval.data import shared_data
 from retrieval.errors import DataError
 
 
@@ -47,13 +49,6 @@ class STSPair(NamedTuple):
     sentence1: str
     sentence2: str
     score: float
-
-
-def shared_folder(name: str) -> Path:
-    """A data set's folder under ../shared/data (or $DENGEN_SHARED_DATA)."""
-    from retrieval.data import shared_data
-
-    return shared_data(name)
 
 
 def sts_set(name: str) -> str:
@@ -117,7 +112,7 @@ def load_sts_pairs(name: str, split: str = "test", folder: str | Path | None = N
     """
     key = sts_set(name)
     default_folder, files, _, _ = STS_SETS[key]
-    folder = Path(folder) if folder else shared_folder(default_folder)
+    folder = Path(folder) if folder else shared_data(default_folder)
     splits = list(files) if key == "sick" and split == "all" else [split]
     if any(s not in files for s in splits):
         choices = list(files) + (["all"] if key == "sick" else [])
@@ -145,13 +140,6 @@ def correlations(gold: list[float], predicted: np.ndarray) -> dict[str, float]:
         "cosine_spearman": float(spearmanr(gold, predicted)[0]),
         "cosine_pearson": float(pearsonr(gold, predicted)[0]),
     }
-
-
-def encoder_label(description: dict) -> str:
-    """A short, file-name-safe name for an encoder configuration ("encoder-minilm")."""
-    model = description.get("model")
-    name = f"{description['kind']}-{Path(str(model)).name}" if model else description["kind"]
-    return "".join(c if c.isalnum() or c in "-+._" else "_" for c in name)
 
 
 def evaluate_sts(

@@ -1,7 +1,7 @@
 """Benchmark suites: every benchmark runnable offline, for one retriever spec, appended to a results folder.
 
-Each task takes the retriever spec (a new retriever is built per dataset) and the shared data folder, and
-returns result records; a task that cannot run for this retriever or without missing data is skipped
+Each task takes a `SuiteRun` (the retriever spec, the data folder, the retrievers indexed so far; a new
+retriever is built per dataset, except that mteb reuses the SciFact index) and returns result records; a task that cannot run for this retriever or without missing data is skipped
 with the reason printed. Records are written as soon as each task finishes, so an interrupted suite
 keeps what it finished.
 """
@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from eval.report import column_name, variant
-from eval.runner import evaluate, label
+from eval.report import column_name
+from eval.runner import evaluate, label, safe_name
+from retrieval.api import Retriever
+from retrieval.data import shared_data
+from retrieval.longdoc import encoder_of
 from retrieval.spec import parse_spec
 
 
@@ -21,45 +25,65 @@ class Skip(Exception):
     """This task does not apply to this retriever, or its data is missing."""
 
 
-def default_data_root() -> Path:
-    from retrieval.data import shared_data
+@dataclass
+class SuiteRun:
+    """What every task gets: the retriever spec, the data folder, and the retrievers already indexed in
+    this run (by data folder), so a later task on the same data (mteb's SciFact) does not index it again."""
 
-    return shared_data()
+    spec: str
+    root: Path
+    built: dict[str, Retriever] = field(default_factory=dict)
+
+    def retriever(self, data: str | None = None) -> Retriever:
+        """The retriever indexed on `data` earlier in this run, else a new one from the spec."""
+        return self.built.get(data) or parse_spec(self.spec)
+
+    def encoder(self, why: str):
+        """The retriever's sentence encoder; a retriever without one skips the task (`why` says for what)."""
+        retriever = self.retriever("scifact")
+        encoder = encoder_of(retriever)
+        if encoder is None:
+            raise Skip(f"{retriever.kind} has no text encoder to {why}")
+        return encoder
 
 
 def _retrieval_task(folder: str, task: str, ks, main_metric: str):
-    def run(spec, root: Path) -> list[dict]:
+    def run(ctx: SuiteRun) -> list[dict]:
         from retrieval.data import load_dataset
 
-        record, _ = evaluate(parse_spec(spec), load_dataset(root / folder, "test"), ks)
+        retriever = ctx.retriever()
+        record, _ = evaluate(retriever, load_dataset(ctx.root / folder, "test"), ks)
+        ctx.built[folder] = retriever
         return [{**record, "task": task, "main_metric": main_metric}]
 
     return run
 
 
-def _limit(spec, root: Path) -> list[dict]:
+def _limit(ctx: SuiteRun) -> list[dict]:
     from eval.limit import KS, load_limit, main_metric
 
     records = []
     for folder in ("limit-small", "limit"):
         try:
-            dataset = load_limit(root / folder)
+            dataset = load_limit(ctx.root / folder)
         except FileNotFoundError as err:
             print(f"skip LIMIT ({folder}): {err}")
             continue
-        record, _ = evaluate(parse_spec(spec), dataset, KS)
+        record, _ = evaluate(ctx.retriever(), dataset, KS)
         records.append({**record, "task": "LIMIT", "main_metric": main_metric(dataset)})
     return records
 
 
-def _qmsum(spec, root: Path) -> list[dict]:
+QMSUM_CHUNKS = {"window": 150, "stride": 150, "unit": "words"}  # ~200 MiniLM tokens: under its 256 limit
+
+
+def _qmsum(ctx: SuiteRun) -> list[dict]:
     """QMSum two ways: documents as the retriever takes them (a dense encoder cuts them at its token
     limit, with a warning saying how much; BM25 reads them whole) and chunked with max-pooled windows."""
     from eval.loco import evaluate_long, load_qmsum
-    from retrieval.longdoc import encoder_of
 
-    dataset = load_qmsum(root / "qmsum", "test")
-    retriever = parse_spec(spec)
+    dataset = load_qmsum(ctx.root / "qmsum", "test")
+    retriever = ctx.retriever()
     if retriever.kind == "chunked":
         return [evaluate_long(retriever, dataset)[0]]
     chunked = parse_spec({"kind": "chunked", "inner": retriever.describe(), **QMSUM_CHUNKS})
@@ -70,13 +94,10 @@ def _qmsum(spec, root: Path) -> list[dict]:
     return [as_is, evaluate_long(chunked, dataset)[0]]
 
 
-QMSUM_CHUNKS = {"window": 150, "stride": 150, "unit": "words"}  # ~200 MiniLM tokens: under its 256 limit
-
-
-def _rarb(spec, root: Path) -> list[dict]:
+def _rarb(ctx: SuiteRun) -> list[dict]:
     from eval.rarb import MCR_SETS, evaluate_mcr_sets, mcr_path
 
-    folder = root / "rar-b-mcr"
+    folder = ctx.root / "rar-b-mcr"
     sets = []
     for name in MCR_SETS:
         try:
@@ -86,25 +107,28 @@ def _rarb(spec, root: Path) -> list[dict]:
             print(f"skip RAR-b {name}: {err}")
     if not sets:
         raise Skip(f"no RAR-b MCR files in {folder}")
-    return evaluate_mcr_sets(parse_spec(spec), sets, root=folder)
+    return evaluate_mcr_sets(ctx.retriever(), sets, root=folder)
 
 
-def _sts(spec, root: Path) -> list[dict]:
+STS_TASKS = (("stsbenchmark", "STSBenchmark"), ("sick", "SICK-R"))  # our data folder, MTEB's task name
+
+
+def _sts(ctx: SuiteRun) -> list[dict]:
     from eval.mteb_tasks import MTEB_SPLITS
     from eval.sts import evaluate_sts
 
-    encoder = _encoder_of(spec)
-    return [evaluate_sts(encoder, name, MTEB_SPLITS[task], folder=root / name)
-            for name, task in (("stsbenchmark", "STSBenchmark"), ("sick", "SICK-R"))]
+    encoder = ctx.encoder("score sentence pairs with")
+    return [evaluate_sts(encoder, name, MTEB_SPLITS[task], folder=ctx.root / name) for name, task in STS_TASKS]
 
 
 KILT_SOURCE = ("kilt/kilt_knowledgesource.json", "kilt/kilt_knowledgesource.jsonl.gz")
 
 
-def _kilt(spec, root: Path) -> list[dict]:
+def _kilt(ctx: SuiteRun) -> list[dict]:
     """Page retrieval over KILT's Wikipedia for every gold file in kilt-dev/, scored as KILT does."""
     from eval.kilt import KNOWLEDGE_SOURCE_URL, evaluate_kilt, load_knowledge_source
 
+    root = ctx.root
     source = next((root / name for name in KILT_SOURCE if (root / name).is_file()), None)
     if source is None:
         raise Skip(f"KILT needs its Wikipedia knowledge source at {root / KILT_SOURCE[0]} "
@@ -112,36 +136,28 @@ def _kilt(spec, root: Path) -> list[dict]:
     golds = sorted((root / "kilt-dev").glob("*.jsonl*"))
     if not golds:
         raise Skip(f"no KILT gold files in {root / 'kilt-dev'}")
-    corpus, retriever = load_knowledge_source(source), parse_spec(spec)
+    corpus, retriever = load_knowledge_source(source), ctx.retriever()
     return [evaluate_kilt(retriever, gold, corpus)[0] for gold in golds]
 
 
-def _mteb(spec, root: Path) -> list[dict]:
-    """SciFact through mteb.evaluate with the retriever behind mteb's search protocol, and STS-B and
-    SICK-R through mteb for a retriever with an encoder: mteb's own numbers beside dengen's."""
+def _mteb(ctx: SuiteRun) -> list[dict]:
+    """SciFact through mteb.evaluate with the retriever behind mteb's search protocol (the one the
+    scifact task indexed, when it ran), and STS-B and SICK-R through mteb for a retriever with an encoder:
+    mteb's own numbers beside dengen's."""
     from eval.mteb_adapter import MtebEncoder, MtebRetriever, mteb_record, mteb_scores
-    from eval.mteb_tasks import scifact_task, sickr_task, stsbenchmark_task
+    from eval.mteb_tasks import MTEB_SPLITS, local_sts_task, scifact_task
 
-    retriever = parse_spec(spec)
-    scores = mteb_scores(MtebRetriever(retriever), scifact_task(root / "scifact", k_values=(10, 100)))
+    retriever = ctx.retriever("scifact")
+    scores = mteb_scores(MtebRetriever(retriever), scifact_task(ctx.root / "scifact", k_values=(10, 100)))
     records = [mteb_record(retriever, "scifact", "test", scores, {"ndcg@10": "ndcg_at_10", "recall@100": "recall_at_100"})]
-    encoder = getattr(retriever, "encoder", None)
-    if encoder is not None:
-        for name, task in (("stsbenchmark", stsbenchmark_task(folder=root / "stsbenchmark")), ("sick", sickr_task(folder=root / "sick"))):
-            scores = mteb_scores(MtebEncoder(encoder), task)
-            records.append(mteb_record(retriever, name, task.metadata.eval_splits[0], scores, {"cosine_spearman": "cosine_spearman"}))
+    encoder = encoder_of(retriever)
+    for name, task in STS_TASKS if encoder is not None else ():
+        scores = mteb_scores(MtebEncoder(encoder), local_sts_task(name, MTEB_SPLITS[task], ctx.root / name))
+        records.append(mteb_record(retriever, name, MTEB_SPLITS[task], scores, {"cosine_spearman": "cosine_spearman"}))
     return records
 
 
-def _encoder_of(spec):
-    retriever = parse_spec(spec)
-    encoder = getattr(retriever, "encoder", None)
-    if encoder is None:
-        raise Skip(f"{retriever.kind} has no text encoder to score sentence pairs with")
-    return encoder
-
-
-TASKS: dict[str, Callable] = {
+TASKS: dict[str, Callable[[SuiteRun], list[dict]]] = {
     "scifact": _retrieval_task("scifact", "SciFact", (10, 100), "ndcg@10"),
     "limit": _limit,
     "sts": _sts,
@@ -159,13 +175,13 @@ def run_suite(spec: str, out: str | Path, suite: str = "default", data_root: str
 
     Every record is labelled `name` (default: the spec's configuration label), so one retriever is one
     row of the report whatever each task scored it with; what varies within a task (long documents
-    truncated or chunked, instruction or not) is the record's `variant`.
+    truncated or chunked, instruction or not, scored by mteb) shows in the report's column name.
     """
     names = tasks or SUITES[suite]
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(unknown)}: choose from {', '.join(TASKS)}")
-    root = Path(data_root) if data_root else default_data_root()
+    ctx = SuiteRun(spec, Path(data_root) if data_root else shared_data())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     row = name or label(parse_spec(spec).describe())
@@ -173,13 +189,13 @@ def run_suite(spec: str, out: str | Path, suite: str = "default", data_root: str
     for task in names:
         start = time.perf_counter()
         try:
-            new = TASKS[task](spec, root)
+            new = TASKS[task](ctx)
         except Skip as why:
             print(f"skip {task}: {why}")
             continue
         for record in new:
-            record.update(suite=suite, label=row, variant=record.get("variant") or variant(record))
-            stem = "".join(c if c.isalnum() or c in "-+._" else "_" for c in f"{column_name(record)}-{record.get('split', '')}-{record['label']}")
+            record.update(suite=suite, label=row)
+            stem = safe_name(f"{column_name(record)}-{record.get('split', '')}-{record['label']}")
             (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         records += new
         print(f"{task}: {len(new)} result(s) in {time.perf_counter() - start:.0f} s")

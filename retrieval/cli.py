@@ -81,8 +81,8 @@ def cmd_eval(args) -> None:
         from eval.mteb_tasks import local_retrieval_task
 
         retriever = parse_spec(args.retriever)
-        main = f"ndcg_at_{10 if 10 in args.k else args.k[0]}"  # mteb needs its main score among the cut-offs
-        task = local_retrieval_task(args.data, args.split, dataset.name, main_score=main, k_values=args.k,
+        main_score = f"ndcg_at_{10 if 10 in args.k else args.k[0]}"  # mteb needs it among the cut-offs
+        task = local_retrieval_task(args.data, args.split, dataset.name, main_score=main_score, k_values=args.k,
                                     drop_missing=args.drop_missing)
         scores = mteb_scores(MtebRetriever(retriever), task)
         record, run = mteb_record(retriever, dataset.name, dataset.split, scores, retrieval_metric_names(args.k)), None

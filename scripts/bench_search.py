@@ -38,6 +38,7 @@ from eval.metrics import evaluate_run
 from indexes.faiss_index import build_index, search_index, set_search_params
 from indexes.lucene_index import ensure_jvm
 from retrieval import Corpus, Dataset, build_retriever, load_dataset
+from retrieval.dense.cache import cache_paths, save_npy
 from retrieval.dense.encoder import SentenceEncoder
 from retrieval.run import Run
 
@@ -115,24 +116,12 @@ def overlap_at_k(run: Run, reference: Run, k: int) -> float:
 # ---------------------------------------------------------------- 1. encoding
 
 
-def cache_paths(cache: Path, dataset: Dataset, encoder: SentenceEncoder) -> tuple[Path, Path]:
-    key = f"{dataset.name}-{encoder.model_name}-{encoder.fingerprint[:12]}-{len(dataset.corpus)}docs"
-    return cache / f"{key}.docs.npy", cache / f"{key}-{dataset.split}{len(dataset.queries)}queries.npy"
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")  # rename after writing: never a half-written cache
-    np.save(tmp, array)
-    tmp.replace(path)
-
-
 def encode(dataset: Dataset, cache: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """Doc and query vectors (from the cache when there) and the measured encoding throughput."""
     encoder = SentenceEncoder("minilm")
     texts = [doc.full_text for doc in dataset.corpus]
     queries = list(dataset.queries.values())
-    doc_path, query_path = cache_paths(cache, dataset, encoder)
+    doc_path, query_path = cache_paths(cache, encoder, dataset)
     cached = doc_path.is_file() and query_path.is_file()
     encoder.encode_documents(texts[: encoder.batch_size], progress=False)  # warm-up: first batch pays for lazy init
 

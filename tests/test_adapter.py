@@ -153,6 +153,8 @@ def test_adapted_encoder_applies_to_queries_and_optionally_documents():
     both = AdaptedEncoder(FakeEncoder(), adapter, documents=True)
     np.testing.assert_allclose(both.encode_documents(["d"]), [[1.0, 3.0, 0.0]])
     assert both.describe()["documents"] is True
+    trained_on_both = ResidualAdapter(adapter.A, adapter.B, normalize=False, documents=True)
+    np.testing.assert_allclose(AdaptedEncoder(FakeEncoder(), trained_on_both).encode_documents(["d"]), [[1.0, 3.0, 0.0]])
     with pytest.raises(ValueError):
         AdaptedEncoder(FakeEncoder(), ResidualAdapter.identity(4, 1))
 

@@ -57,3 +57,11 @@ def test_html_renders_table_and_images_in_headless_chromium(tmp_path):
     assert 'data-images-loaded="2"' in dom  # both plots decoded to non-empty images
     assert dom.count("<tr>") == 1 + 2 and "<td class=\"best\">0.6790</td>" in dom
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_render_without_chromium_says_how_to_get_it(tmp_path, monkeypatch):
+    import eval.report
+
+    monkeypatch.setattr(eval.report, "chromium", lambda: None)
+    with pytest.raises(FileNotFoundError, match="apt-get install chromium"):
+        render(write_report(RECORDS, tmp_path / "report"))

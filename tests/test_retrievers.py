@@ -152,3 +152,19 @@ def test_hybrid_of_saved_members_can_be_measured_then_saved(built, tmp_path):
     assert index_bytes(hybrid) > 0
     hybrid.save(tmp_path / "hybrid")
     assert load_retriever(tmp_path / "hybrid").search_one("what causes scurvy", k=1)[0].doc_id == "d2"
+
+
+def test_bm25_index_and_search_print_no_java_info_lines(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("from retrieval import Corpus, Doc, build_retriever, load_retriever\n"
+            "r = build_retriever('bm25'); r.index(Corpus([Doc('a', '', 'hello world'), Doc('b', '', 'other text')]))\n"
+            f"r.save({str(tmp_path / 'idx')!r}); print(load_retriever({str(tmp_path / 'idx')!r}).search_one('hello', 1)[0].doc_id)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("a")
+    java_info = [line for line in (done.stdout + done.stderr).splitlines() if " INFO " in line or line.startswith("INFO:")]
+    assert java_info == []  # Anserini's log4j and Lucene's java.util.logging are set to WARN

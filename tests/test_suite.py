@@ -76,3 +76,14 @@ def test_kilt_task_with_a_knowledge_source(tmp_path):
 
     (kilt,) = run_suite("bm25", tmp_path / "results", data_root=root, tasks=["kilt"])
     assert (column_name(kilt), kilt["main_metric"], kilt["metrics"]["r-precision"]) == ("toy", "r-precision", 1.0)
+
+
+def test_mteb_task_reuses_the_index_the_scifact_task_built(tmp_path, monkeypatch):
+    from retrieval.api import Retriever
+
+    indexed = []
+    original = Retriever.index
+    monkeypatch.setattr(Retriever, "index", lambda self, corpus: (indexed.append(len(corpus)), original(self, corpus))[1])
+    ours, theirs = run_suite("bm25", tmp_path / "results", data_root=data_root(tmp_path), tasks=["scifact", "mteb"])
+    assert indexed == [len(TINY_DOCS)]  # once, by the scifact task; mteb searched that same index
+    assert theirs["metrics"]["ndcg@10"] == pytest.approx(ours["metrics"]["ndcg@10"], abs=1e-5)

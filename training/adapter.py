@@ -14,7 +14,6 @@ Command line (SciFact: train on the train split's qrels, evaluate on the test sp
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.dense.adapter import ResidualAdapter
+from retrieval.dense.cache import cached_embeddings
 
 DEFAULTS = {
     "data": "../shared/data/scifact",
@@ -169,76 +169,15 @@ def _train(torch, query_vectors, doc_vectors, positives, rank, epochs, lr, tempe
 # ---------------------------------------------------------------------------------------- embeddings
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")  # rename after writing: never a half-written cache
-    np.save(tmp, array)
-    tmp.replace(path)
-
-
-def cache_key(encoder, dataset) -> str:
-    """`{dataset}-{model}-{fingerprint[:12]}-{n}docs[-cfg<hash>]`: the naming scripts/bench_search.py uses.
-
-    The fingerprint hashes the model's weights; encoders without one are keyed by a hash of describe().
-    A non-default prefix or normalisation adds a config hash, so such vectors never share a file.
-    """
-    fingerprint = getattr(encoder, "fingerprint", None)
-    if not fingerprint:
-        fingerprint = hashlib.sha256(json.dumps(encoder.describe(), sort_keys=True, default=str).encode()).hexdigest()
-    model = getattr(encoder, "model_name", type(encoder).__name__)
-    key = f"{dataset.name}-{model}-{fingerprint[:12]}-{len(dataset.corpus)}docs"
-    described = encoder.describe() if hasattr(encoder, "describe") else {}
-    extras = {k: described[k] for k in ("query_prefix", "doc_prefix") if described.get(k)}
-    if described.get("normalize") is False:
-        extras["normalize"] = False
-    if extras:
-        key += "-cfg" + hashlib.sha256(json.dumps(extras, sort_keys=True).encode()).hexdigest()[:8]
-    return key
-
-
-def embed_dataset(encoder, dataset, cache_dir: str | Path, check: int = 8) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(doc vectors in corpus order, query vectors, query ids), cached as .npy under `cache_dir`.
-
-    Files: `{key}.docs.npy` and `{key}-{split}{n}queries.npy` (see `cache_key`). A cached document file
-    is spot-checked by re-encoding its first `check` documents; a mismatch re-encodes everything.
-    """
-    cache_dir = Path(cache_dir)
-    key = cache_key(encoder, dataset)
-    doc_path = cache_dir / f"{key}.docs.npy"
-    query_path = cache_dir / f"{key}-{dataset.split}{len(dataset.queries)}queries.npy"
-    texts = [doc.full_text for doc in dataset.corpus]
-    query_ids = list(dataset.queries)
-
-    docs = None
-    if doc_path.is_file():
-        docs = np.load(doc_path)
-        sample = encoder.encode_documents(texts[:check], progress=False) if check else None
-        if docs.shape != (len(texts), encoder.dim) or (sample is not None and not np.allclose(docs[: len(sample)], sample, atol=1e-4)):
-            print(f"{doc_path}: does not match this encoder; re-encoding", file=sys.stderr)
-            docs = None
-    if docs is None:
-        docs = encoder.encode_documents(texts, progress=True)
-        _save_npy(doc_path, docs)
-
-    queries = np.load(query_path) if query_path.is_file() else None
-    if queries is None or queries.shape != (len(query_ids), encoder.dim):
-        queries = encoder.encode_queries([dataset.queries[q] for q in query_ids], progress=True)
-        _save_npy(query_path, queries)
-    return np.asarray(docs, dtype=np.float32), np.asarray(queries, dtype=np.float32), query_ids
-
-
 # ---------------------------------------------------------------------------------------- evaluation
 
 
 def search_flat(query_vectors: np.ndarray, doc_vectors: np.ndarray, query_ids: list[str], doc_ids: list[str], depth: int = 100) -> dict:
-    """Exact inner-product search (faiss IndexFlatIP): a Run {qid: {docid: score}}."""
-    import faiss
-
+    """Exact inner-product search (a faiss Flat index): a Run {qid: {docid: score}}."""
+    from indexes.faiss_index import build_index, search_index
     from retrieval.run import Run
 
-    index = faiss.IndexFlatIP(doc_vectors.shape[1])
-    index.add(np.ascontiguousarray(doc_vectors, dtype=np.float32))
-    scores, rows = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(depth, len(doc_ids)))
+    scores, rows = search_index(build_index(doc_vectors, "Flat"), query_vectors, min(depth, len(doc_ids)))
     return Run({
         qid: {doc_ids[r]: float(s) for r, s in zip(row_ids, row_scores) if r >= 0}
         for qid, row_ids, row_scores in zip(query_ids, rows, scores)
@@ -290,8 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
     encoder = SentenceEncoder(config["model"])
 
     started = time.perf_counter()
-    doc_vectors, train_vectors, train_ids = embed_dataset(encoder, train, config["cache"])
-    _, test_vectors, test_ids = embed_dataset(encoder, test, config["cache"])
+    doc_vectors, train_vectors, train_ids = cached_embeddings(encoder, train, config["cache"])
+    _, test_vectors, test_ids = cached_embeddings(encoder, test, config["cache"])
     embed_seconds = time.perf_counter() - started
     overlap = set(train_ids) & set(test_ids)
     if overlap:

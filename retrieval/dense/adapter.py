@@ -113,12 +113,12 @@ class ResidualAdapter:
 class AdaptedEncoder:
     """An encoder whose outputs pass through a `ResidualAdapter`: queries always, documents if `documents`.
 
-    `documents=None` takes the adapter's own setting (how it was trained). Exposes the same surface as
+    `documents=None` (the default) takes the adapter's own setting, i.e. how it was trained. Exposes the same surface as
     `SentenceEncoder` (`encode_queries`, `encode_documents`, `dim`, `describe()`), so the dense retriever
     can index it.
     """
 
-    def __init__(self, base, adapter: ResidualAdapter, documents: bool | None = False):
+    def __init__(self, base, adapter: ResidualAdapter, documents: bool | None = None):
         if adapter.dim != base.dim:
             raise ValueError(f"adapter dimension {adapter.dim} differs from the encoder's {base.dim}")
         self.base = base

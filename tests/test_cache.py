@@ -1,0 +1,53 @@
+"""Embedding cache: named by content, reused when it matches the encoder, rebuilt when it does not."""
+import numpy as np
+
+from retrieval import Corpus, Dataset, Doc
+from retrieval.dense.cache import cache_paths, cached_embeddings
+
+
+class CountingEncoder:
+    """Deterministic 2-d vectors; counts how many texts it encoded."""
+
+    model_name, fingerprint, dim = "toy", "f" * 64, 2
+
+    def __init__(self, scale=1.0):
+        self.scale, self.encoded = scale, 0
+
+    def _vectors(self, texts):
+        self.encoded += len(texts)
+        return np.array([[len(t) * self.scale, 1.0] for t in texts], dtype=np.float32)
+
+    def encode_documents(self, texts, progress=False):
+        return self._vectors(texts)
+
+    encode_queries = encode_documents
+
+    def describe(self):
+        return {"model": "toy"}
+
+
+def toy_dataset():
+    corpus = Corpus([Doc(f"d{i}", "", "x" * (i + 1)) for i in range(10)])
+    return Dataset(corpus, {"q1": "xx", "q2": "xxxxx"}, {"q1": {"d1": 1}}, "toy", "test")
+
+
+def test_cache_is_named_by_content_reused_and_rebuilt_on_mismatch(tmp_path):
+    dataset = toy_dataset()
+    doc_path, query_path = cache_paths(tmp_path, CountingEncoder(), dataset)
+    assert (doc_path.name, query_path.name) == ("toy-toy-ffffffffffff-10docs.docs.npy", "toy-toy-ffffffffffff-10docs-test2queries.npy")
+
+    first = CountingEncoder()
+    docs, queries, qids = cached_embeddings(first, dataset, tmp_path, check=3)
+    assert first.encoded == 12 and docs.shape == (10, 2) and qids == ["q1", "q2"] and doc_path.is_file()
+
+    again = CountingEncoder()
+    docs2, queries2, _ = cached_embeddings(again, dataset, tmp_path, check=3)
+    assert again.encoded == 3  # only the spot check
+    np.testing.assert_array_equal(docs, docs2)
+    np.testing.assert_array_equal(queries, queries2)
+
+    np.save(doc_path, docs * 2)  # a file that no longer matches what the encoder gives
+    third = CountingEncoder()
+    docs3, _, _ = cached_embeddings(third, dataset, tmp_path, check=3)
+    assert third.encoded == 3 + 10  # spot check failed, everything re-encoded
+    np.testing.assert_array_equal(docs3, docs)
