@@ -123,7 +123,12 @@ def cmd_report(args) -> None:
 
 
 # method -> training module with main(argv) reading `--config FILE.yaml`
-TRAINERS = {"adapter": "training.adapter"}
+TRAINERS = {
+    "adapter": "training.adapter",
+    "matryoshka2d": "training.matryoshka2d",
+    "lexsembridge": "training.lexsembridge",
+    "dse": "training.dse",
+}
 
 
 def cmd_train(args) -> None:

@@ -69,3 +69,30 @@ def run_python(code: str, cwd: Path = REPO) -> str:
     if done.returncode != 0:
         raise AssertionError(f"subprocess failed:\n{done.stderr[-3000:]}")
     return done.stdout
+
+
+def assert_saved_encoder_reloads(encoder_folder: Path, data: Path, tmp_path: Path, **dense_options) -> dict:
+    """The common-API round trip for a saved method module: a dense index over `encoder_folder` built here,
+    saved, then loaded and searched in a NEW process must give the same run (ids and scores to 1e-5).
+
+    Returns the in-process run, for further checks.
+    """
+    from retrieval import build_retriever, load_corpus, load_queries
+
+    corpus, queries = load_corpus(data), load_queries(data)
+    retriever = build_retriever("dense", model=str(encoder_folder), **dense_options)
+    retriever.index(corpus)
+    here = retriever.search(queries, k=5)
+    retriever.save(tmp_path / "index")
+    code = (
+        "import json; from retrieval import load_retriever, load_queries\n"
+        f"r = load_retriever({str(tmp_path / 'index')!r})\n"
+        f"print(json.dumps(r.search(load_queries({str(data)!r}), k=5)))"
+    )
+    there = json.loads(run_python(code).strip().splitlines()[-1])
+    assert set(there) == set(here)
+    for qid, ranked in here.items():
+        assert list(there[qid]) == list(ranked), qid
+        for doc_id, score in ranked.items():
+            assert there[qid][doc_id] == pytest.approx(score, abs=1e-5)
+    return here

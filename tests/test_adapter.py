@@ -179,3 +179,31 @@ def test_scifact_command_line(tmp_path):
     assert base["test"]["ndcg@10"] == pytest.approx(0.6451, abs=5e-4)
     assert 0.0 < adapted["test"]["ndcg@10"] <= 1.0
     assert ResidualAdapter.load(tmp_path / "out" / "rank-4").rank == 4
+
+
+def test_dense_index_over_a_saved_adapter_reloads_in_a_new_process(tiny_beir, tmp_path):
+    """A saved AdaptedEncoder is a `model` for the dense retriever; the index round-trips through a new process."""
+    from conftest import assert_saved_encoder_reloads
+
+    from retrieval.dense.encoder import SentenceEncoder
+    from retrieval.dense.encoders import encoder_fingerprint, load_encoder
+
+    base = SentenceEncoder("minilm")
+    rng = np.random.default_rng(0)
+    adapter = ResidualAdapter(rng.normal(size=(4, 384)) / 20, rng.normal(size=(384, 4)) / 20, documents=True)
+    AdaptedEncoder(base, adapter).save(tmp_path / "adapter")
+    loaded = load_encoder(tmp_path / "adapter")
+    assert isinstance(loaded, AdaptedEncoder) and loaded.documents
+    texts = ["what causes scurvy", "vitamin C"]
+    np.testing.assert_allclose(loaded.encode_queries(texts), adapter.apply(base.encode_queries(texts)), atol=1e-6)
+    assert loaded.fingerprint == encoder_fingerprint(tmp_path / "adapter") != base.fingerprint
+    run = assert_saved_encoder_reloads(tmp_path / "adapter", tiny_beir, tmp_path)
+    assert next(iter(run["q1"])) == "d2"
+
+
+def test_adapter_without_base_record_is_refused(tmp_path):
+    from retrieval.dense.encoders import load_encoder
+
+    ResidualAdapter.identity(8, 2).save(tmp_path / "bare")
+    with pytest.raises(IndexLoadError, match="base encoder"):
+        load_encoder(tmp_path / "bare")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.dense.adapter import ResidualAdapter
+from retrieval.dense.adapter import AdaptedEncoder, ResidualAdapter
 from retrieval.dense.cache import cached_embeddings
 
 DEFAULTS = {
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "train_split": "train", "base": encoder.describe()})
         docs = adapter.apply(doc_vectors) if adapter.documents else doc_vectors
         result = evaluate(adapter.apply(test_vectors), docs)
-        adapter.save(out / f"rank-{rank}")
+        AdaptedEncoder(encoder, adapter).save(out / f"rank-{rank}")
         rows.append({"name": f"adapter r={rank}", "rank": rank, "train_seconds": adapter.info["train_seconds"],
                      "final_train_loss": adapter.info["epoch_loss"][-1], "test": result, "folder": str(out / f"rank-{rank}")})
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from indexes.manifest import IndexLoadError, read_manifest, write_index_dir
+from retrieval.dense.encoders import EncoderWrapper, base_record, load_base
 
 KIND = "residual-adapter"
 A_FILE, B_FILE = "A.npy", "B.npy"
@@ -83,13 +84,17 @@ class ResidualAdapter:
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, folder: str | Path) -> dict:
-        """Write A.npy, B.npy and manifest.json (sizes + sha256) atomically; returns the manifest."""
+    def save(self, folder: str | Path, base: dict | None = None) -> dict:
+        """Write A.npy, B.npy and manifest.json (sizes + sha256) atomically; returns the manifest.
+
+        `base` names the encoder the adapter was trained on (`encoders.base_record`), so that
+        `load_encoder(folder)` can rebuild the adapted encoder; `AdaptedEncoder.save` fills it.
+        """
 
         def fill(tmp: Path) -> dict:
             np.save(tmp / A_FILE, self.A)
             np.save(tmp / B_FILE, self.B)
-            return {"kind": KIND, **self.describe(), "info": self.info}
+            return {"kind": KIND, **self.describe(), "base": base, "info": self.info}
 
         return write_index_dir(folder, fill)
 
@@ -110,28 +115,23 @@ class ResidualAdapter:
         return cls(A, B, normalize=manifest["normalize"], documents=manifest["documents"], info=manifest.get("info"))
 
 
-class AdaptedEncoder:
+class AdaptedEncoder(EncoderWrapper):
     """An encoder whose outputs pass through a `ResidualAdapter`: queries always, documents if `documents`.
 
-    `documents=None` (the default) takes the adapter's own setting, i.e. how it was trained. Exposes the same surface as
-    `SentenceEncoder` (`encode_queries`, `encode_documents`, `dim`, `describe()`), so the dense retriever
-    can index it.
+    `documents=None` (the default) takes the adapter's own setting, i.e. how it was trained. Save it with
+    `save(folder)`; `retrieval.dense.encoders.load_encoder(folder)` (or a dense retriever with
+    `model=folder`) rebuilds it over the same base model.
     """
 
     def __init__(self, base, adapter: ResidualAdapter, documents: bool | None = None):
         if adapter.dim != base.dim:
             raise ValueError(f"adapter dimension {adapter.dim} differs from the encoder's {base.dim}")
-        self.base = base
+        super().__init__(base)
         self.adapter = adapter
         self.documents = adapter.documents if documents is None else bool(documents)
 
-    @property
-    def dim(self) -> int:
-        return self.base.dim
-
-    @property
-    def fingerprint(self) -> str | None:
-        return getattr(self.base, "fingerprint", None)
+    def save(self, folder: str | Path) -> dict:
+        return self.adapter.save(folder, base=base_record(self.base))
 
     def encode_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:
         return self.adapter.apply(self.base.encode_queries(texts, progress=progress))
@@ -148,3 +148,10 @@ class AdaptedEncoder:
             "documents": self.documents,
             "normalize": self.adapter.normalize,
         }
+
+
+def load_encoder(folder: Path, manifest: dict, **options) -> AdaptedEncoder:
+    """`encoders.load_encoder` for a saved adapter: its base encoder (options go there) plus the adapter."""
+    if not manifest.get("base"):
+        raise IndexLoadError(f"{folder}: the adapter does not name its base encoder; save it with AdaptedEncoder.save")
+    return AdaptedEncoder(load_base(folder, manifest["base"], **options), ResidualAdapter.load(folder))

@@ -9,16 +9,18 @@ from indexes.docstore import read_docids
 from indexes.faiss_index import build_index, load_index, save_index, search_index, set_search_params
 from retrieval.api import Retriever
 from retrieval.data import Corpus
-from retrieval.dense.encoder import SentenceEncoder
+from retrieval.dense.encoders import encoder_fingerprint, load_encoder
 from retrieval.errors import IndexLoadError
-from retrieval.models import model_fingerprint, model_path
 
 
 class DenseRetriever(Retriever):
     """Bi-encoder + faiss.
 
     Args:
-        model: encoder model name or folder (see retrieval.models).
+        model: encoder model name or folder (see retrieval.models), or a saved method-module folder
+            (adapter, matryoshka2d, lexsembridge, dse; see retrieval.dense.encoders).
+        layers, dim: 2D Matryoshka inference: run only the first `layers` transformer layers and keep the
+            first `dim` dimensions (re-normalised); None keeps the model's own (retrieval.dense.matryoshka2d).
         index: faiss factory string: "Flat" (exact), "HNSW32", "IVF256,Flat", "IVF256,PQ32", ...
         search_params: faiss search-time parameters, e.g. {"efSearch": 128} or {"nprobe": 16}.
         batch_size, query_prefix, doc_prefix, max_length: passed to the encoder.
@@ -27,6 +29,7 @@ class DenseRetriever(Retriever):
     Example:
         >>> r = DenseRetriever(model="minilm", index="HNSW32")
         >>> r.index(corpus); r.save("runs/minilm-hnsw")
+        >>> DenseRetriever(model="results/2dmse/model", layers=3, dim=128)  # a smaller, faster sub-model
     """
 
     kind = "dense"
@@ -40,30 +43,38 @@ class DenseRetriever(Retriever):
         query_prefix: str = "",
         doc_prefix: str = "",
         max_length: int | None = None,
+        layers: int | None = None,
+        dim: int | None = None,
         mmap: bool = True,
     ):
         super().__init__(
             model=model, index=index, search_params=search_params or {}, batch_size=batch_size,
             query_prefix=query_prefix, doc_prefix=doc_prefix, max_length=max_length,
+            **{k: v for k, v in (("layers", layers), ("dim", dim)) if v is not None},
         )
         self.mmap = mmap
-        self._encoder: SentenceEncoder | None = None
+        self._encoder = None
         self._faiss = None
         self._doc_ids: list[str] = []
 
     @property
-    def encoder(self) -> SentenceEncoder:
+    def encoder(self):
         if self._encoder is None:
             c = self.config
-            self._encoder = SentenceEncoder(
+            encoder = load_encoder(
                 c["model"], batch_size=c["batch_size"], query_prefix=c["query_prefix"],
                 doc_prefix=c["doc_prefix"], max_length=c["max_length"],
             )
+            if c.get("layers") or c.get("dim"):
+                from retrieval.dense.matryoshka2d import Matryoshka2dEncoder
+
+                encoder = Matryoshka2dEncoder(encoder, layers=c.get("layers"), dim=c.get("dim"))
+            self._encoder = encoder
         return self._encoder
 
     def _model_fingerprint(self) -> str:
-        # from the folder, so loading an index does not load the model before the first query
-        return self._encoder.fingerprint if self._encoder else model_fingerprint(model_path(self.config["model"]))
+        # from the files, so loading an index does not load the model before the first query
+        return encoder_fingerprint(self.config["model"])
 
     def _index(self, corpus: Corpus) -> None:
         vectors = self.encoder.encode_documents([doc.full_text for doc in corpus], progress=True)
