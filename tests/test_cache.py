@@ -51,3 +51,21 @@ def test_cache_is_named_by_content_reused_and_rebuilt_on_mismatch(tmp_path):
     docs3, _, _ = cached_embeddings(third, dataset, tmp_path, check=3)
     assert third.encoded == 3 + 10  # spot check failed, everything re-encoded
     np.testing.assert_array_equal(docs3, docs)
+
+
+def test_a_wrapped_encoder_never_shares_its_base_cache(tmp_path):
+    """A method wrapper with the base's fingerprint (e.g. fewer layers) gets its own file, one per setting."""
+    from retrieval.dense.encoders import EncoderWrapper
+
+    class Scaled(EncoderWrapper):
+        def __init__(self, base, factor):
+            super().__init__(base)
+            self.factor = factor
+
+        def describe(self):
+            return {"base": self.base.describe(), "factor": self.factor}
+
+    dataset = toy_dataset()
+    base = CountingEncoder()
+    names = {cache_paths(tmp_path, enc, dataset)[0].name for enc in (base, Scaled(base, 2), Scaled(base, 3))}
+    assert len(names) == 3

@@ -45,3 +45,12 @@ def test_metrics_on_a_hand_worked_case():
     assert m["recall@1"] == 0.0 and m["recall@10"] == pytest.approx(1.0 / 2)
     assert m["map@10"] == pytest.approx((1 / 2 + 2 / 3) / 2 / 2)
     assert per_query(qrels, run, ks=(10,))["ndcg@10"]["q2"] == 0.0
+
+
+def test_result_labels_tell_matryoshka_sub_models_apart():
+    from eval.runner import label
+
+    base = {"kind": "dense", "model": "results/m2d/model", "index": "Flat"}
+    assert label(base) == "dense-model-Flat"
+    assert label({**base, "layers": 3, "dim": 128}) == "dense-model-Flat-L3-D128"
+    assert label({**base, "dim": 64}) == "dense-model-Flat-D64"

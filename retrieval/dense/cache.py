@@ -34,6 +34,8 @@ def cache_key(encoder, dataset) -> str:
     extras = {k: described[k] for k in ("query_prefix", "doc_prefix") if described.get(k)}
     if described.get("normalize") is False:
         extras["normalize"] = False
+    if "base" in described:  # a method wrapper (retrieval.dense.encoders): its settings change the vectors
+        extras["wrapper"] = described
     if extras:
         key += "-cfg" + hashlib.sha256(json.dumps(extras, sort_keys=True).encode()).hexdigest()[:8]
     return key
