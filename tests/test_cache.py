@@ -69,3 +69,10 @@ def test_a_wrapped_encoder_never_shares_its_base_cache(tmp_path):
     base = CountingEncoder()
     names = {cache_paths(tmp_path, enc, dataset)[0].name for enc in (base, Scaled(base, 2), Scaled(base, 3))}
     assert len(names) == 3
+
+
+def test_a_model_folder_path_is_one_file_name(tmp_path):
+    encoder = CountingEncoder()
+    encoder.model_name = "results/lexsembridge/slr/model"
+    doc_path, _ = cache_paths(tmp_path, encoder, toy_dataset())
+    assert doc_path.parent == tmp_path and doc_path.name.startswith("toy-results_lexsembridge_slr_model-")

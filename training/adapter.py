@@ -14,7 +14,6 @@ Command line (SciFact: train on the train split's qrels, evaluate on the test sp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from retrieval.dense.adapter import AdaptedEncoder, ResidualAdapter
 from retrieval.dense.cache import cached_embeddings
+from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
     "data": "../shared/data/scifact",
@@ -200,14 +200,7 @@ def positive_pairs(qrels: dict, query_ids: list[str], doc_ids: list[str]) -> lis
 
 
 def load_config(path: str | Path) -> dict:
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        given = yaml.safe_load(f) or {}
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise SystemExit(f"{path}: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **given}
+    return read_recipe(path, DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -287,11 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         "search": f"faiss IndexFlatIP, depth {config['depth']}",
         "results": rows,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    tmp.replace(out / "results.json")
-    print(f"\nwrote {out / 'results.json'}")
+    write_results(out, report)
     return report
 
 

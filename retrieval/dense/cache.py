@@ -28,7 +28,7 @@ def cache_key(encoder, dataset) -> str:
     fingerprint = getattr(encoder, "fingerprint", None)
     if not fingerprint:
         fingerprint = hashlib.sha256(json.dumps(encoder.describe(), sort_keys=True, default=str).encode()).hexdigest()
-    model = getattr(encoder, "model_name", type(encoder).__name__)
+    model = str(getattr(encoder, "model_name", type(encoder).__name__)).replace("/", "_")  # a folder path stays one name
     key = f"{dataset.name}-{model}-{fingerprint[:12]}-{len(dataset.corpus)}docs"
     described = encoder.describe() if hasattr(encoder, "describe") else {}
     extras = {k: described[k] for k in ("query_prefix", "doc_prefix") if described.get(k)}

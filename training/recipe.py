@@ -1,0 +1,31 @@
+"""What every `dengen train METHOD --config FILE.yaml` recipe shares: reading the YAML against the
+trainer's DEFAULTS (unknown keys name the file) and writing results.json atomically."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_recipe(path: str | Path, defaults: dict) -> dict:
+    """`defaults` updated by the YAML mapping at `path`; a non-mapping or an unknown key exits naming the file."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        given = yaml.safe_load(f) or {}
+    if not isinstance(given, dict):
+        raise SystemExit(f"{path}: expected a mapping of keys to values")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise SystemExit(f"{path}: unknown key(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+def write_results(out: str | Path, report: dict) -> Path:
+    """`out/results.json`, written to a temporary name first so a crash never leaves half a file."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    tmp.replace(out / "results.json")
+    print(f"\nwrote {out / 'results.json'}")
+    return out / "results.json"
