@@ -69,23 +69,21 @@ def _batches(torch, n: int, batch_size: int, epochs: int, seed: int):
             yield order[start : start + batch_size]
 
 
-def train_teacher(teacher: CrossEncoderScorer, first, second, labels, epochs=3, lr=2e-5, batch_size=16,
-                  warmup=0.1, seed=0, progress=True) -> dict:
-    """Fine-tune the cross-encoder in place: MSE of its single output to `labels` (STS-B: score / 5)."""
-    import torch
+def _fit(torch, batch_loss, params, n: int, desc: str, epochs: int, lr: float, batch_size: int, warmup: float, seed: int,
+         progress: bool) -> dict:
+    """AdamW with linear warm-up and decay over shuffled batches of `n` rows; `batch_loss(rows)` gives each loss.
+
+    Returns what both stages record: steps, first loss, mean of the last 50 losses, seconds.
+    """
     from tqdm import tqdm
 
-    torch.manual_seed(seed)
-    labels = torch.as_tensor(np.asarray(labels, dtype=np.float32))
-    steps = epochs * math.ceil(len(labels) / batch_size)
-    optimizer = torch.optim.AdamW(teacher.model.parameters(), lr=lr)
+    steps = epochs * math.ceil(n / batch_size)
+    optimizer = torch.optim.AdamW(params, lr=lr)
     schedule = _scheduler(torch, optimizer, steps, warmup)
-    teacher.model.train()
     losses, started = [], time.perf_counter()
-    bar = tqdm(total=steps, desc="teacher", disable=not progress, file=sys.stderr)
-    for rows in _batches(torch, len(labels), batch_size, epochs, seed):
-        out = teacher.logits([first[i] for i in rows], [second[i] for i in rows])
-        loss = torch.nn.functional.mse_loss(out, labels[rows])
+    bar = tqdm(total=steps, desc=desc, disable=not progress, file=sys.stderr)
+    for rows in _batches(torch, n, batch_size, epochs, seed):
+        loss = batch_loss(rows)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -94,10 +92,28 @@ def train_teacher(teacher: CrossEncoderScorer, first, second, labels, epochs=3, 
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
     bar.close()
-    teacher.model.eval()
-    return {"steps": steps, "epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup": warmup, "seed": seed,
-            "pairs": len(labels), "first_loss": losses[0], "last_loss_mean50": float(np.mean(losses[-50:])),
+    return {"steps": steps, "first_loss": losses[0], "last_loss_mean50": float(np.mean(losses[-50:])),
             "train_seconds": round(time.perf_counter() - started, 1)}
+
+
+def train_teacher(teacher: CrossEncoderScorer, first, second, labels, epochs=3, lr=2e-5, batch_size=16,
+                  warmup=0.1, seed=0, progress=True) -> dict:
+    """Fine-tune the cross-encoder in place: MSE of its single output to `labels` (STS-B: score / 5)."""
+    import torch
+
+    torch.manual_seed(seed)
+    labels = torch.as_tensor(np.asarray(labels, dtype=np.float32))
+
+    def batch_loss(rows):
+        out = teacher.logits([first[i] for i in rows], [second[i] for i in rows])
+        return torch.nn.functional.mse_loss(out, labels[rows])
+
+    teacher.model.train()
+    fitted = _fit(torch, batch_loss, teacher.model.parameters(), len(labels), "teacher", epochs, lr, batch_size,
+                  warmup, seed, progress)
+    teacher.model.eval()
+    return {"steps": fitted["steps"], "epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup": warmup,
+            "seed": seed, "pairs": len(labels), **{k: v for k, v in fitted.items() if k != "steps"}}
 
 
 def train_student(model, first, second, labels, teacher_scores=None, alpha=0.5, head: DSEHead | None = None,
@@ -108,7 +124,6 @@ def train_student(model, first, second, labels, teacher_scores=None, alpha=0.5, 
     affine map when `affine`). alpha = 0 trains on the labels alone (the no-distillation baseline).
     """
     import torch
-    from tqdm import tqdm
 
     head = head or DSEHead()
     torch.manual_seed(seed)
@@ -119,34 +134,25 @@ def train_student(model, first, second, labels, teacher_scores=None, alpha=0.5, 
     shift = torch.nn.Parameter(torch.tensor(head.shift))
     if affine:
         params += [log_scale, shift]  # exp keeps the scale positive, so the ranking stays the cosine's
-    steps = epochs * math.ceil(len(labels) / batch_size)
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    schedule = _scheduler(torch, optimizer, steps, warmup)
     device = model.device
-    model.train()
-    losses, started = [], time.perf_counter()
-    bar = tqdm(total=steps, desc=f"student alpha={alpha}", disable=not progress, file=sys.stderr)
-    for rows in _batches(torch, len(labels), batch_size, epochs, seed):
+
+    def batch_loss(rows):
         texts = [first[i] for i in rows] + [second[i] for i in rows]
         features = {k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
         vectors = model(features)["sentence_embedding"]
         u, v = vectors[: len(rows)], vectors[len(rows) :]
         scores = head.torch_score(u, v, scale=log_scale.exp() if affine else None, shift=shift if affine else None)
-        loss = dse_loss(scores, labels[rows], None if teacher is None else teacher[rows], alpha=alpha)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-    bar.close()
+        return dse_loss(scores, labels[rows], None if teacher is None else teacher[rows], alpha=alpha)
+
+    model.train()
+    fitted = _fit(torch, batch_loss, params, len(labels), f"student alpha={alpha}", epochs, lr, batch_size, warmup,
+                  seed, progress)
     model.eval()
     if affine:
         head = DSEHead(head.similarity, float(log_scale.detach().exp()), float(shift.detach()))
-    info = {"alpha": alpha, "steps": steps, "epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup": warmup,
-            "seed": seed, "pairs": len(labels), "affine": affine, "first_loss": losses[0],
-            "last_loss_mean50": float(np.mean(losses[-50:])), "train_seconds": round(time.perf_counter() - started, 1)}
+    info = {"alpha": alpha, "steps": fitted["steps"], "epochs": epochs, "lr": lr, "batch_size": batch_size,
+            "warmup": warmup, "seed": seed, "pairs": len(labels), "affine": affine,
+            **{k: v for k, v in fitted.items() if k != "steps"}}
     return head, info
 
 

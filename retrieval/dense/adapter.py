@@ -152,6 +152,4 @@ class AdaptedEncoder(EncoderWrapper):
 
 def load_encoder(folder: Path, manifest: dict, **options) -> AdaptedEncoder:
     """`encoders.load_encoder` for a saved adapter: its base encoder (options go there) plus the adapter."""
-    if not manifest.get("base"):
-        raise IndexLoadError(f"{folder}: the adapter does not name its base encoder; save it with AdaptedEncoder.save")
-    return AdaptedEncoder(load_base(folder, manifest["base"], **options), ResidualAdapter.load(folder))
+    return AdaptedEncoder(load_base(folder, manifest.get("base"), **options), ResidualAdapter.load(folder))

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from indexes.manifest import IndexLoadError, write_index_dir
-from retrieval.dense.encoders import EncoderWrapper, base_record, load_base
+from retrieval.dense.encoders import EncoderWrapper, load_base, save_model_inside
 
 KIND = "dse"
 TEACHER_KIND = "cross-encoder"
@@ -139,13 +139,9 @@ class DSEEncoder(EncoderWrapper):
 
     def save(self, folder: str | Path) -> dict:
         """Student weights in `model/` (SentenceTransformer.save), head and training info in the manifest."""
-        from retrieval.models import model_fingerprint
 
         def fill(tmp: Path) -> dict:
-            self.base.model.save(str(tmp / "model"))
-            record = base_record(self.base, inside="model")
-            # the record must hash the weights just written (the in-memory model was fine-tuned)
-            record["sha256"] = model_fingerprint(tmp / "model")
+            record = save_model_inside(tmp, self.base)
             return {"kind": KIND, "dim": int(self.dim), "head": self.head.describe(), "base": record, "info": self.info}
 
         return write_index_dir(folder, fill)
@@ -153,11 +149,11 @@ class DSEEncoder(EncoderWrapper):
 
 def load_encoder(folder: Path, manifest: dict, **options) -> DSEEncoder:
     """`encoders.load_encoder` for a saved DSE student (options go to the inner SentenceEncoder)."""
-    if not manifest.get("base") or "head" not in manifest:
-        raise IndexLoadError(f"{folder}: a DSE folder needs 'base' and 'head' in its manifest; save it with DSEEncoder.save")
+    if "head" not in manifest:
+        raise IndexLoadError(f"{folder}: a DSE folder needs 'head' in its manifest; save it with DSEEncoder.save")
     head = DSEHead(**manifest["head"])
     options["normalize"] = head.similarity == "cosine"
-    return DSEEncoder(load_base(folder, manifest["base"], **options), head, info=manifest.get("info"))
+    return DSEEncoder(load_base(folder, manifest.get("base"), **options), head, info=manifest.get("info"))
 
 
 # ---------------------------------------------------------------------------------------- teacher

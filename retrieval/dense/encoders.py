@@ -113,22 +113,30 @@ def load_encoder(model: str | Path, **options):
     return encoder
 
 
-def base_record(encoder, inside: str | None = None) -> dict:
-    """How a saved module names its base encoder: the model (registry name or folder) and its weight hash.
-
-    `inside`: the base was saved into the module's own folder under this relative name (fine-tuned weights).
-    """
-    if inside is not None:
-        return {"model": inside, "inside": True, "sha256": encoder.fingerprint}
+def base_record(encoder) -> dict:
+    """How a saved module names a base encoder it did not change: the model (registry name or folder) and its weight hash."""
     return {"model": str(encoder.model_name), "sha256": encoder.fingerprint}
 
 
-def load_base(folder: Path, record: dict, **options):
-    """The base encoder a saved module names; refuses one whose weights changed since the module was trained."""
+def save_model_inside(tmp: Path, encoder, name: str = "model") -> dict:
+    """Save a fine-tuned base's sentence-transformers model into the module folder; return its base record.
+
+    The hash is taken of the files just written (the in-memory model differs from the folder it came from).
+    """
+    from retrieval.models import model_fingerprint
+
+    encoder.model.save(str(tmp / name))
+    return {"model": name, "inside": True, "sha256": model_fingerprint(tmp / name)}
+
+
+def load_base(folder: Path, record: dict | None, **options):
+    """The base encoder a saved module names; refuses a module without one, or one whose base weights changed."""
+    from retrieval.errors import IndexLoadError
+
+    if not record:
+        raise IndexLoadError(f"{folder}: the saved module does not name its base encoder; save it with the module's save()")
     base = load_encoder(Path(folder) / record["model"] if record.get("inside") else record["model"], **options)
     if record.get("sha256") and base.fingerprint != record["sha256"]:
-        from retrieval.errors import IndexLoadError
-
         raise IndexLoadError(
             f"{folder}: trained on {record['model']!r} with weights hashing {record['sha256'][:12]}..., "
             f"but that model now hashes {base.fingerprint[:12]}...: retrain the module"

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from indexes.manifest import IndexLoadError, write_index_dir
-from retrieval.dense.encoders import EncoderWrapper, base_record, load_base
+from retrieval.dense.encoders import EncoderWrapper, load_base, save_model_inside
 
 KIND = "lexsembridge"
 METHODS = ("slr", "llr", "clr")
@@ -215,17 +215,12 @@ class LexSemBridgeEncoder(EncoderWrapper):
 
     def save(self, folder: str | Path) -> dict:
         """Write model/ (sentence-transformers save of the base), bridge.safetensors and manifest.json atomically."""
-        from types import SimpleNamespace
-
         from safetensors.torch import save_file
 
-        from retrieval.models import model_fingerprint
-
         def fill(tmp: Path) -> dict:
-            self.base.model.save(str(tmp / MODEL_DIR))
+            base = save_model_inside(tmp, self.base, MODEL_DIR)
             state = {k: v.detach().cpu().contiguous() for k, v in self.bridge.state_dict().items()}
             save_file(state, str(tmp / BRIDGE_FILE))
-            base = base_record(SimpleNamespace(fingerprint=model_fingerprint(tmp / MODEL_DIR)), inside=MODEL_DIR)
             return {"kind": KIND, "bridge": self.bridge.config(), "documents": self.documents, "dim": self.dim,
                     "base": base, "info": self.info}
 
@@ -251,8 +246,6 @@ def load_bridge(folder: Path, manifest: dict):
 
 def load_encoder(folder: Path, manifest: dict, **options) -> LexSemBridgeEncoder:
     """`encoders.load_encoder` for a saved LexSemBridge folder: the fine-tuned base (options go there) + bridge."""
-    if not manifest.get("base"):
-        raise IndexLoadError(f"{folder}: the module does not name its base encoder; save it with LexSemBridgeEncoder.save")
-    base = load_base(folder, manifest["base"], **options)
+    base = load_base(folder, manifest.get("base"), **options)
     return LexSemBridgeEncoder(base, load_bridge(folder, manifest), documents=manifest.get("documents", False),
                                info=manifest.get("info"))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from indexes.manifest import IndexLoadError, write_index_dir
-from retrieval.dense.encoders import EncoderWrapper, load_base
+from retrieval.dense.encoders import EncoderWrapper, load_base, save_model_inside
 
 KIND = "matryoshka2d"
 MODEL_DIR = "model"
@@ -201,16 +201,14 @@ class Matryoshka2dEncoder(EncoderWrapper):
         other wrapper between (an adapter, say) would be silently lost.
         """
         from retrieval.dense.encoder import SentenceEncoder
-        from retrieval.models import model_fingerprint
 
         if not isinstance(self.base, SentenceEncoder):
             raise TypeError(f"can only save a Matryoshka2dEncoder over a SentenceEncoder, not {type(self.base).__name__}")
 
         def fill(tmp: Path) -> dict:
-            self.base.model.save(str(tmp / MODEL_DIR))
             return {
                 "kind": KIND,
-                "base": {"model": MODEL_DIR, "inside": True, "sha256": model_fingerprint(tmp / MODEL_DIR)},
+                "base": save_model_inside(tmp, self.base, MODEL_DIR),
                 "layers": self.layers or self.num_layers,
                 "dim": self.dim,
                 "num_layers": self.num_layers,
@@ -223,9 +221,7 @@ class Matryoshka2dEncoder(EncoderWrapper):
 
 def load_encoder(folder: Path, manifest: dict, **options) -> Matryoshka2dEncoder:
     """`encoders.load_encoder` for a saved 2DMSE module: its model (options go there) at the saved layers/dim."""
-    if not manifest.get("base"):
-        raise IndexLoadError(f"{folder}: the matryoshka2d module does not name its model; save it with Matryoshka2dEncoder.save")
-    base = load_base(folder, manifest["base"], **options)
+    base = load_base(folder, manifest.get("base"), **options)
     try:
         return Matryoshka2dEncoder(base, layers=manifest.get("layers"), dim=manifest.get("dim"))
     except ValueError as err:
