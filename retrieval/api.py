@@ -28,6 +28,7 @@ RETRIEVERS = {
     "dense": "retrieval.dense.retriever:DenseRetriever",
     "hybrid": "retrieval.hybrid:HybridRetriever",
     "chunked": "retrieval.longdoc:ChunkedRetriever",
+    "situated": "retrieval.dense.sitemb:SituatedRetriever",
 }
 
 

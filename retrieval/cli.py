@@ -128,6 +128,8 @@ TRAINERS = {
     "matryoshka2d": "training.matryoshka2d",
     "lexsembridge": "training.lexsembridge",
     "dse": "training.dse",
+    "dupmae": "training.dupmae",
+    "sitemb": "training.sitemb",
 }
 
 

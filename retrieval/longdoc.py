@@ -312,3 +312,33 @@ class ChunkedRetriever(Retriever):
 
     def _load_files(self, folder: Path, manifest: dict) -> None:
         self.chunk_count = manifest["chunk_count"]
+
+
+# ---------------------------------------------------------------- sentence and line units (situated chunks)
+
+# a sentence ends at . ! or ? (optionally followed by closing quotes/brackets) before whitespace and a
+# capital letter, digit or opening bracket; abbreviations like "e.g. the" do not split (lower case follows)
+_SENTENCE_END = re.compile(r"""[.!?]["')\]]*(?=\s+["'(\[]?[A-Z0-9])""")
+_LINE = re.compile(r"[^\n]*\S[^\n]*")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of the sentences of `text` (a rule-based split, whitespace trimmed)."""
+    spans, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        spans.append((start, match.end()))
+        start = match.end()
+    spans.append((start, len(text)))
+    trimmed = []
+    for s, e in spans:
+        piece = text[s:e]
+        if piece.strip():
+            s += len(piece) - len(piece.lstrip())
+            e -= len(piece) - len(piece.rstrip())
+            trimmed.append((s, e))
+    return trimmed
+
+
+def line_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of the non-blank lines of `text` (e.g. one meeting turn per line)."""
+    return [m.span() for m in _LINE.finditer(text)]

@@ -76,3 +76,22 @@ def test_a_model_folder_path_is_one_file_name(tmp_path):
     encoder.model_name = "results/lexsembridge/slr/model"
     doc_path, _ = cache_paths(tmp_path, encoder, toy_dataset())
     assert doc_path.parent == tmp_path and doc_path.name.startswith("toy-results_lexsembridge_slr_model-")
+
+
+def test_a_shorter_max_length_gets_its_own_file(tmp_path):
+    """Vectors of documents cut to 128 tokens must never be served for the model's own 256 (or back)."""
+
+    class Limited(CountingEncoder):
+        own_max_length = 256
+
+        def __init__(self, max_length):
+            super().__init__()
+            self.max_length = max_length
+
+        def describe(self):
+            return {"model": "toy", "max_length": self.max_length}
+
+    dataset = toy_dataset()
+    own, short = (cache_paths(tmp_path, Limited(n), dataset)[0].name for n in (256, 128))
+    assert own == "toy-toy-ffffffffffff-10docs.docs.npy"  # the model's own limit keeps the plain name
+    assert short != own and short.startswith("toy-toy-ffffffffffff-10docs-cfg")

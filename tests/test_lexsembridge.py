@@ -281,3 +281,21 @@ def test_recipe_on_small_scifact(tmp_path):
     for row in report["rows"]:
         assert set(row["results"]) >= {"scifact-test", "keyword", "pop16", "pop64"}
     assert_saved_encoder_reloads(tmp_path / "out" / "slr", data, tmp_path)
+
+
+def test_in_batch_infonce_hand_worked():
+    """Row 0: -log softmax([2, 0, 1])[0]; row 1's column 2 is another positive of its query, so masked out:
+    -log softmax([0, 1])[1]. Mean of the two, temperature 0.5 doubles the scores."""
+    import math
+
+    import torch
+
+    from training.contrastive import in_batch_infonce
+
+    scores = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.5, 0.5], [0.2, 0.1, 0.3]])
+    positives = {"a": {"d0"}, "b": {"d1", "d2"}, "c": {"d2"}}
+    loss = in_batch_infonce(scores, 0.5, ["a", "b", "c"], ["d0", "d1", "d2"], positives)
+    row0 = -(2.0 - math.log(math.exp(2.0) + math.exp(0.0) + math.exp(1.0)))
+    row1 = -(1.0 - math.log(math.exp(0.0) + math.exp(1.0)))
+    row2 = -(0.6 - math.log(math.exp(0.4) + math.exp(0.2) + math.exp(0.6)))
+    assert loss.item() == pytest.approx((row0 + row1 + row2) / 3, abs=1e-6)

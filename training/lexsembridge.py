@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.contrastive import in_batch_infonce
 from training.recipe import read_recipe
 
 DEFAULTS = {
@@ -197,11 +198,7 @@ def fine_tune(variant: str, config: dict, dataset, progress: bool = True):
             d_features = to_device(tokenize(st, [dataset.corpus[d].full_text for _, d in chunk]), "cpu")
             q = bridged_queries(st, bridge, q_features) if bridge is not None else st(q_features)["sentence_embedding"]
             d = st(d_features)["sentence_embedding"]
-            scores = q @ d.T / config["temperature"]
-            # another pair's document that is also a positive of this query is not a negative
-            mask = torch.tensor([[j != i and chunk[j][1] in positives[chunk[i][0]] for j in range(len(chunk))]
-                                 for i in range(len(chunk))])
-            loss = torch.nn.functional.cross_entropy(scores.masked_fill(mask, float("-inf")), torch.arange(len(chunk)))
+            loss = in_batch_infonce(q @ d.T, config["temperature"], [x for x, _ in chunk], [y for _, y in chunk], positives)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -23,7 +23,7 @@ def cache_key(encoder, dataset) -> str:
     """`{dataset}-{model}-{fingerprint[:12]}-{n}docs[-cfg<hash>]`: a name for vectors of one corpus by one encoder.
 
     The fingerprint hashes the model's weights; encoders without one are keyed by a hash of describe().
-    A non-default prefix or normalisation adds a config hash, so such vectors never share a file.
+    A non-default prefix, normalisation or max_length adds a config hash, so such vectors never share a file.
     """
     fingerprint = getattr(encoder, "fingerprint", None)
     if not fingerprint:
@@ -32,6 +32,8 @@ def cache_key(encoder, dataset) -> str:
     key = f"{dataset.name}-{model}-{fingerprint[:12]}-{len(dataset.corpus)}docs"
     described = encoder.describe() if hasattr(encoder, "describe") else {}
     extras = {k: described[k] for k in ("query_prefix", "doc_prefix") if described.get(k)}
+    if described.get("max_length") != getattr(encoder, "own_max_length", described.get("max_length")):
+        extras["max_length"] = described["max_length"]  # a shorter cut changes the vectors of long documents
     if described.get("normalize") is False:
         extras["normalize"] = False
     if "base" in described:  # a method wrapper (retrieval.dense.encoders): its settings change the vectors

@@ -48,6 +48,7 @@ class SentenceEncoder:
         self.model_name = model
         self.folder = model_path(model)
         self.model = SentenceTransformer(str(self.folder), device=device or default_device(), local_files_only=True)
+        self.own_max_length = self.model.max_seq_length  # the model's own limit, before any override
         if max_length:
             self.model.max_seq_length = max_length
         self.batch_size = batch_size

@@ -2,7 +2,7 @@
 
 An encoder is anything with `encode_queries(texts, progress=False)`, `encode_documents(texts, progress=True)`
 (float32 arrays), `dim`, `fingerprint` and `describe()`. Method modules (adapter, matryoshka2d,
-lexsembridge, dse) wrap an encoder and return one; a trained module is saved as a folder with a manifest
+lexsembridge, dse, dupmae, sitemb) wrap an encoder and return one; a trained module is saved as a folder with a manifest
 whose `kind` names the module, and `load_encoder(folder)` rebuilds the whole stack from it. The dense
 retriever takes either as its `model`:
 
@@ -27,6 +27,8 @@ ENCODER_KINDS = {
     "matryoshka2d": "retrieval.dense.matryoshka2d:load_encoder",
     "lexsembridge": "retrieval.dense.lexsembridge:load_encoder",
     "dse": "retrieval.dense.dse:load_encoder",
+    "dupmae": "retrieval.dense.dupmae:load_encoder",
+    "sitemb": "retrieval.dense.sitemb:load_encoder",
 }
 
 

@@ -18,7 +18,7 @@ class DenseRetriever(Retriever):
 
     Args:
         model: encoder model name or folder (see retrieval.models), or a saved method-module folder
-            (adapter, matryoshka2d, lexsembridge, dse; see retrieval.dense.encoders).
+            (adapter, matryoshka2d, lexsembridge, dse, dupmae, sitemb; see retrieval.dense.encoders).
         layers, dim: 2D Matryoshka inference: run only the first `layers` transformer layers and keep the
             first `dim` dimensions (re-normalised); None keeps the model's own (retrieval.dense.matryoshka2d).
         index: faiss factory string: "Flat" (exact), "HNSW32", "IVF256,Flat", "IVF256,PQ32", ...
