@@ -299,3 +299,12 @@ def test_in_batch_infonce_hand_worked():
     row1 = -(1.0 - math.log(math.exp(0.0) + math.exp(1.0)))
     row2 = -(0.6 - math.log(math.exp(0.4) + math.exp(0.2) + math.exp(0.6)))
     assert loss.item() == pytest.approx((row0 + row1 + row2) / 3, abs=1e-6)
+
+
+def test_saved_row_names_the_results_file_when_a_folder_has_no_row(tmp_path):
+    from training.recipe import saved_row, write_results
+
+    write_results(tmp_path, {"rows": [{"name": "a", "folder": str(tmp_path / "a")}]})
+    assert saved_row(tmp_path, tmp_path / "a")["name"] == "a"
+    with pytest.raises(SystemExit, match=r"results\.json: no row for .*/b"):
+        saved_row(tmp_path, tmp_path / "b")

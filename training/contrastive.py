@@ -14,3 +14,14 @@ def in_batch_infonce(scores, temperature: float, qids: list, targets: list, posi
                          for i in range(len(qids))])
     logits = (scores / temperature).masked_fill(mask, float("-inf"))
     return torch.nn.functional.cross_entropy(logits, torch.arange(len(qids)))
+
+
+def optimise(loss, optimizer, schedule, losses: list[float], bar) -> None:
+    """One optimiser step on `loss`; the loss is logged and the progress bar shows the mean of the last 10."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    losses.append(loss.item())
+    bar.update(1)
+    bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.contrastive import in_batch_infonce
-from training.recipe import read_recipe, write_results
+from training.contrastive import in_batch_infonce, optimise
+from training.recipe import read_recipe, saved_row, write_results
 
 DEFAULTS = {
     "data": "../shared/data/scifact",
@@ -427,14 +427,8 @@ def fine_tune(start_folder: str, config: dict, dataset, progress: bool = True):
             st.max_seq_length = config["doc_max_length"]
             d = represent(st, head, tokenize(st, [dataset.corpus[d].full_text for _, d in chunk]), ot_dim, "joint")
             loss = in_batch_infonce(q @ d.T, config["temperature"], [x for x, _ in chunk], [y for _, y in chunk], positives)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
+            optimise(loss, optimizer, schedule, losses, bar)
             step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
     bar.close()
     st.max_seq_length = config["doc_max_length"]
     st.eval()
@@ -570,19 +564,15 @@ def verify_reload(config: dict, start: str) -> dict:
     import torch
 
     from retrieval import load_dataset
+    from retrieval.dense.cache import cache_paths
     from retrieval.dense.encoders import load_encoder
 
     torch.set_num_threads(config["threads"])
     out = Path(config["out"])
-    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    row = next((r for r in report["rows"] if r.get("folder") == str(out / f"ft-{start}")), None)
-    if row is None:
-        raise SystemExit(f"{out / 'results.json'}: no row for {out / f'ft-{start}'}")
+    row = saved_row(out, out / f"ft-{start}")
     started = time.perf_counter()
     encoder = load_encoder(out / f"ft-{start}", batch_size=config["encode_batch_size"], device="cpu")
     test = load_dataset(config["data"], "test")
-    from retrieval.dense.cache import cache_paths
-
     cache_paths(config["cache"], encoder, test)[1].unlink(missing_ok=True)  # re-encode the queries here
     now = evaluate_representations(encoder, test, config)
     diffs = {name: max(abs(now[name][k] - row["results"][name][k]) for k in now[name]) for name in ("cls", "ot", "joint")}

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.contrastive import in_batch_infonce
-from training.recipe import read_recipe
+from training.contrastive import in_batch_infonce, optimise
+from training.recipe import read_recipe, saved_row
 
 DEFAULTS = {
     "data": "../shared/data/scifact",
@@ -199,14 +199,8 @@ def fine_tune(variant: str, config: dict, dataset, progress: bool = True):
             q = bridged_queries(st, bridge, q_features) if bridge is not None else st(q_features)["sentence_embedding"]
             d = st(d_features)["sentence_embedding"]
             loss = in_batch_infonce(q @ d.T, config["temperature"], [x for x, _ in chunk], [y for _, y in chunk], positives)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
+            optimise(loss, optimizer, schedule, losses, bar)
             step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
     bar.close()
     st.max_seq_length = config["doc_max_length"]
     st.eval()
@@ -342,10 +336,7 @@ def verify_reload(config: dict, variant: str) -> dict:
 
     torch.set_num_threads(config["threads"])
     out = Path(config["out"])
-    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    row = next((r for r in report["rows"] if r.get("folder") == str(out / variant)), None)
-    if row is None:
-        raise SystemExit(f"{out / 'results.json'}: no row for {out / variant}")
+    row = saved_row(out, out / variant)
     tasks = json.loads((out / "tasks.json").read_text(encoding="utf-8"))
     test = load_dataset(config["data"], "test")
     tasks["scifact-test"] = {"queries": test.queries, "qrels": test.qrels}

@@ -29,3 +29,13 @@ def write_results(out: str | Path, report: dict) -> Path:
     tmp.replace(out / "results.json")
     print(f"\nwrote {out / 'results.json'}")
     return out / "results.json"
+
+
+def saved_row(out: str | Path, folder: str | Path) -> dict:
+    """The row of `out/results.json` whose `folder` is `folder` (what a reload check compares against)."""
+    path = Path(out) / "results.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    row = next((r for r in report["rows"] if r.get("folder") == str(folder)), None)
+    if row is None:
+        raise SystemExit(f"{path}: no row for {folder}")
+    return row

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.contrastive import in_batch_infonce
+from training.contrastive import in_batch_infonce, optimise
 from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
@@ -182,14 +182,8 @@ def fine_tune(mode: str, config: dict, pairs: list[dict], positives: dict[str, s
             scores = scores + factor * (residual[0][index] @ residual[1][index].T)
         loss = in_batch_infonce(scores, config["temperature"], [p["qid"] for p in group], [p["chunk_id"] for p in group],
                                 positives)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        optimise(loss, optimizer, schedule, losses, bar)
         step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
     bar.close()
     st.eval()
     info = {"paper": "Wu et al. 2025, SitEmb-v1.5, arXiv:2508.01959", "mode": mode, "steps": step, "pairs": len(pairs),
