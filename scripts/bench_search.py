@@ -16,11 +16,8 @@ hash and doc count), so a rerun skips the full encoding and times a fresh 256-do
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
 import logging
 import os
-import platform
 import shlex
 import sys
 import time
@@ -34,6 +31,7 @@ import numpy as np
 import threadpoolctl
 import torch
 
+from bench_common import machine_info, timed, write_json
 from eval.metrics import evaluate_run
 from indexes.faiss_index import build_index, search_index, set_search_params
 from indexes.lucene_index import ensure_jvm
@@ -49,29 +47,6 @@ PACKAGES = ("numpy", "faiss-cpu", "torch", "sentence-transformers", "pyserini", 
 
 
 # ---------------------------------------------------------------- machine and timing helpers
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
-def machine_info(threads: int) -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: importlib.metadata.version(name) for name in PACKAGES},
-        "threads_requested": threads,
-        "faiss_omp_threads": faiss.omp_get_max_threads(),
-        "torch_threads": torch.get_num_threads(),
-        # another process may share the cores; the load average makes that visible
-        "load_avg_1m_start": os.getloadavg()[0],
-    }
 
 
 def latency_ms(search_one: Callable[[int], object], n: int) -> dict:
@@ -95,12 +70,6 @@ def batch_qps(search_all: Callable[[], object], n: int, repeats: int) -> tuple[f
         output = search_all()
         seconds.append(time.perf_counter() - start)
     return n / min(seconds), output
-
-
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
 
 
 def overlap_at_k(run: Run, reference: Run, k: int) -> float:
@@ -327,13 +296,6 @@ def print_summary(result: dict) -> None:
     ])
 
 
-def write_json(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data/scifact"), help="BEIR dataset folder (default: %(default)s)")
@@ -364,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         "dataset": f"{dataset.name} ({dataset.split})",
         "docs": len(dataset.corpus),
         "queries": len(dataset.queries),
-        "machine": machine_info(args.threads),
+        "machine": machine_info(PACKAGES, threads_requested=args.threads, faiss_omp_threads=faiss.omp_get_max_threads(), torch_threads=torch.get_num_threads()),
     }
     print(f"encoding {len(dataset.corpus)} docs ...", flush=True)
     doc_vectors, query_vectors, result["encoding"] = encode(dataset, args.cache)

@@ -1,0 +1,187 @@
+"""SEAL: a language model generates n-grams of the corpus, an FM-index turns them into documents.
+
+Bevilacqua et al., "Autoregressive Search Engines: Generating Substrings as Document Identifiers"
+(NeurIPS 2022); facebookresearch/SEAL (`seal/retrieval.py`, `seal/keys.py`, `seal/beam_search.py`).
+
+For a query q the model (trained by `training/seal.py`) produces keys, each with log P(key | q):
+- body n-grams: beam search from "q || body", constrained by the FM-index (`IndexConstraint`), every
+  candidate of every step kept (`KeyRecorder`), as the reference's beam memory does;
+- titles: beam search from "q || title", anchored at a document start (FMIndex.BOUNDARY) and complete
+  only when the title terminator (the model's eos, stored after each title) is generated;
+- query n-grams: the query's word 1-3-grams that occur in the corpus, scored teacher-forced;
+- unigram scores from the first step's distribution.
+`seal_scoring.rank_documents` weighs them against their corpus frequency and aggregates them.
+
+Documents are stored as `title tokens, eos, body tokens` (only body tokens when the corpus has no titles).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from indexes.docstore import read_docids
+from indexes.fmindex import FMIndex
+from retrieval.api import Retriever
+from retrieval.data import Corpus
+from retrieval.generative.constrained import IndexConstraint, KeyRecorder, diverse_beam_search
+from retrieval.generative.keymodel import BACKBONES, KeyModel
+from retrieval.generative.seal_scoring import query_ngrams, rank_documents
+
+# options that change only how the saved index is searched (set_search_options), with SEAL's defaults
+SEARCH_DEFAULTS = {
+    "beam": 15,  # beams for body and title decoding
+    "length": 10,  # body n-gram tokens
+    "title_length": 15,
+    "constrained": True,  # False: free generation, keys filtered to those in the corpus (ablation)
+    "stop_at_count": 0,
+    "diverse_groups": 1,  # > 1: diverse beam search (Vijayakumar et al.) with this many groups
+    "diverse_penalty": 0.0,  # its Hamming diversity strength
+    "query_keys": True,
+    "unigram_scores": True,
+    "single_key": 0.0,  # 1.0: score by the best key only, no intersective aggregation (ablation)
+    "use_index_frequency": True,  # False: weights from the model alone, "LM" scoring (ablation)
+    "alpha": 2.0,
+    "beta": 0.8,
+    "smoothing": 5.0,
+    "max_hits": 1500,
+    "fully_score": 1500,
+    "batch_size": 8,
+}
+
+
+class SEALRetriever(Retriever):
+    """Generative retrieval with n-gram identifiers over an FM-index.
+
+    Args:
+        model: a folder saved by `training/seal.py` (KeyModel), or a backbone name ("bert2bert",
+            "smollm2-135m") for an untrained model (only useful for tests).
+        titles: "auto" (use titles when the corpus has any), True or False.
+        **search: any of SEARCH_DEFAULTS.
+
+    Example:
+        >>> r = build_retriever("seal", model="results/seal-scifact/model")
+        >>> r.index(corpus); r.save("runs/seal")
+        >>> load_retriever("runs/seal").search({"q1": "aspirin and heart attacks"}, k=10)
+    """
+
+    kind = "seal"
+
+    def __init__(self, model: str = "bert2bert", titles: str | bool = "auto", **search):
+        unknown = set(search) - set(SEARCH_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown SEAL option(s) {sorted(unknown)}; known: {sorted(SEARCH_DEFAULTS)}")
+        super().__init__(model=str(model), titles=titles, **{**SEARCH_DEFAULTS, **search})
+        self._keymodel: KeyModel | None = None
+        self.fm: FMIndex | None = None
+        self.doc_ids: list[str] = []
+        self.uses_titles = False
+
+    def set_search_options(self, **options) -> None:
+        """Change search-time options of a built or loaded index (beam, ablation switches, ...)."""
+        unknown = set(options) - set(SEARCH_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown SEAL option(s) {sorted(unknown)}; known: {sorted(SEARCH_DEFAULTS)}")
+        self.config.update(options)
+
+    @property
+    def keymodel(self) -> KeyModel:
+        if self._keymodel is None:
+            name = self.config["model"]
+            self._keymodel = KeyModel.create(name) if name in BACKBONES else KeyModel.load(name)
+        return self._keymodel
+
+    # ------------------------------------------------------------------ indexing
+    def doc_stream(self, title: str, text: str) -> list[int]:
+        km = self.keymodel
+        body = km.tokens(text)
+        return km.tokens(title) + [km.eos_id] + body if self.uses_titles else body
+
+    def _index(self, corpus: Corpus) -> None:
+        titles = self.config["titles"]
+        self.uses_titles = any(d.title.strip() for d in corpus) if titles == "auto" else bool(titles)
+        docs = (self.doc_stream(d.title, d.text) for d in tqdm(corpus, desc="SEAL tokenising", unit="doc", mininterval=1.0))
+        self.fm = FMIndex.build(docs)
+        self.doc_ids = list(corpus.ids)
+
+    # ------------------------------------------------------------------ search
+    def _search(self, queries: dict[str, str], k: int) -> dict[str, dict[str, float]]:
+        ids = list(queries)
+        size = self.config["batch_size"]
+        run = {}
+        for start in tqdm(range(0, len(ids), size), desc="SEAL search", unit="batch", mininterval=1.0,
+                          disable=len(ids) <= size):
+            batch = ids[start : start + size]
+            for qid, keys in zip(batch, self.generate_keys([queries[q] for q in batch])):
+                first = self.keymodel.first_token_logprobs(f"{queries[qid]} || body") if self.config["unigram_scores"] else None
+                scores = self.score_keys(keys, first)
+                top = sorted(scores.items(), key=lambda item: -item[1])[:k]
+                run[qid] = {self.doc_ids[doc]: float(score) for doc, score in top}
+        return run
+
+    def score_keys(self, keys: dict[tuple[int, ...], float], first_logprobs=None) -> dict[int, float]:
+        c = self.config
+        return rank_documents(
+            keys, self.fm, unigram_logprobs=first_logprobs, alpha=c["alpha"], beta=c["beta"], smoothing=c["smoothing"],
+            max_hits=c["max_hits"], fully_score=c["fully_score"], single_key=c["single_key"],
+            use_index_frequency=c["use_index_frequency"],
+        )
+
+    def generate_keys(self, queries: list[str]) -> list[dict[tuple[int, ...], float]]:
+        """{key: log P(key | query)} per query: body n-grams, then query n-grams, then titles (first kept)."""
+        km, c, fm = self.keymodel, self.config, self.fm
+        found: list[dict[tuple[int, ...], float]] = [{} for _ in queries]
+
+        body = self._decode([f"{q} || body" for q in queries], (), c["length"])
+        for keys, new in zip(found, body):
+            for key, score in new.items():
+                key = key[:-1] if key[-1] == km.eos_id else key
+                if key and key not in keys and fm.count(list(key)) > 0:
+                    keys[key] = score
+
+        if c["query_keys"]:
+            for q, keys in zip(queries, found):
+                extra = [tuple(n) for n in query_ngrams(q, km.tokens) if tuple(n) not in keys and fm.count(n) > 0]
+                for key, score in zip(extra, km.score_keys(f"{q} || body", [list(n) for n in extra])):
+                    keys[key] = score
+
+        if self.uses_titles:
+            titles = self._decode([f"{q} || title" for q in queries], (FMIndex.BOUNDARY,), c["title_length"])
+            for keys, new in zip(found, titles):
+                for key, score in new.items():
+                    if key[-1] != km.eos_id:
+                        continue  # partial titles are not keys (the reference's default)
+                    key = (FMIndex.BOUNDARY,) + key
+                    if key not in keys and fm.count(list(key)) > 0:
+                        keys[key] = score
+        return found
+
+    def _decode(self, sources: list[str], force_prefix: tuple[int, ...], max_new_tokens: int):
+        """{key: log P} per source, every candidate of the beam search; eos is allowed only where the
+        corpus has it next (after a title), so body keys run to `max_new_tokens` unless the corpus ends."""
+        km, c = self.keymodel, self.config
+        allowed = None
+        if c["constrained"]:
+            allowed = IndexConstraint(self.fm, km.eos_id, force_prefix=force_prefix, stop_at_count=c["stop_at_count"],
+                                      vocab_size=km.vocab_size)
+        if c["diverse_groups"] > 1:
+            return diverse_beam_search(km, sources, num_beams=c["beam"], groups=c["diverse_groups"],
+                                       penalty=c["diverse_penalty"], max_new_tokens=max_new_tokens, allowed=allowed)
+        recorder = KeyRecorder(c["beam"], km.eos_id, km.pad_id)
+        km.generate(sources, num_beams=c["beam"], max_new_tokens=max_new_tokens, allowed=allowed, recorder=recorder)
+        return recorder.keys
+
+    # ------------------------------------------------------------------ persistence
+    def _save_files(self, folder: Path) -> dict:
+        (folder / "fmindex").mkdir()
+        self.fm.write_arrays(folder / "fmindex")
+        self.keymodel.save(folder / "model")
+        self._write_docstore(folder)
+        return {"engine": "fm-index (pydivsufsort + wavelet-matrix)", "n_tokens": self.fm.n_tokens,
+                "uses_titles": self.uses_titles, "backbone": self.keymodel.backbone}
+
+    def _load_files(self, folder: Path, manifest: dict) -> None:
+        self.fm = FMIndex.read_arrays(folder / "fmindex")
+        self._keymodel = KeyModel.load(folder / "model")
+        self.doc_ids = read_docids(folder)
+        self.uses_titles = manifest["uses_titles"]

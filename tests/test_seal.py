@@ -1,0 +1,333 @@
+"""SEAL: weight and aggregation formulas on hand-worked cases, constrained decoding never leaving the corpus,
+the retriever through the common API (save, reload, eval, mteb) with a tiny random model, and the data builder."""
+import math
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from indexes.fmindex import FMIndex
+from retrieval import build_retriever, load_corpus, load_dataset, load_retriever
+from retrieval.generative.constrained import IndexConstraint, KeyRecorder
+from retrieval.generative.seal_scoring import (
+    coverage_discount,
+    first_stage,
+    full_score,
+    ngram_weight,
+    query_ngrams,
+    rank_documents,
+    weigh_keys,
+    _trie,
+)
+
+B = FMIndex.BOUNDARY
+
+
+# ---------------------------------------------------------------- formulas, worked by hand
+
+
+def test_ngram_weight_is_the_squared_log_odds():
+    # P = 0.5, F = (1 + 5) / (99 + 5) = 0.0576923: log[P(1-F)] - log[F(1-P)] = log(0.9423077 / 0.0576923) = log(16.3333)
+    assert ngram_weight(math.log(0.5), count=1, n_tokens=99) == pytest.approx(math.log(49 / 3) ** 2, rel=1e-6)
+    assert ngram_weight(math.log(0.5), 1, 99, alpha=1.0) == pytest.approx(2.793208, rel=1e-6)
+    # less likely under the model than in the corpus: clipped to 0; absent from the corpus: 0
+    assert ngram_weight(math.log(0.01), count=50, n_tokens=99) == 0.0
+    assert ngram_weight(math.log(0.9), count=0, n_tokens=99) == 0.0
+
+
+def test_lm_only_weights_ignore_the_corpus_frequency():
+    fm = FMIndex.build([[1, 2, 3], [1, 2]])
+    keys = {(1, 2): -1.0, (3,): -3.0}
+    lm = weigh_keys(keys, fm, use_index_frequency=False)  # cutoff = -3.1
+    assert lm[(1, 2)] == pytest.approx(2.1**2) and lm[(3,)] == pytest.approx(0.1**2)
+
+
+def test_coverage_discount():
+    assert coverage_discount((1, 2, 3, 4), 10.0, {1, 2}, beta=0.8) == pytest.approx(10 * (0.2 + 0.8 * 2 / 4))
+    assert coverage_discount((1, 2), 10.0, set(), beta=0.8) == 10.0
+    assert coverage_discount((1, 1, 2), 10.0, {1, 2}, beta=0.8) == pytest.approx(2.0)  # token types, not tokens
+
+
+def test_first_stage_counts_each_key_once_per_document_where_it_covers_new_positions():
+    fm = FMIndex.build([[1, 2, 3, 4], [3, 4, 5], [1, 2]])
+    weights = {(1, 2): 5.0, (3, 4): 3.0, (4, 5): 2.0}
+    # (4,5) in d1 overlaps the 4 that (3,4) already covered: it adds nothing there, but is d1's best key? no: 3 > 2
+    assert first_stage(weights, fm, beta=0.8) == {0: (8.0, 5.0), 1: (3.0, 3.0), 2: (5.0, 5.0)}
+    # a key above max_hits is not used in the first stage
+    assert first_stage(weights, fm, max_hits=1) == {1: (2.0, 2.0)}
+
+
+def test_full_score_greedy_non_overlapping_with_discount_and_unigrams():
+    doc = [B, 7, 1, 2, 3, 1, 2, 9]
+    trie = _trie({(1, 2, 3): 4.0, (1, 2): 3.0, (9,): 1.0})
+    unigrams = {7: 0.5, 1: 2.0}
+    # (1,2,3) takes 4.0; (1,2) at 2 overlaps; (1,2) at 5 adds 3 * 0.2 = 0.6 once; (9,) adds 1.0;
+    # the free tokens B and 7 add 7's unigram 0.5 (1 is never free)
+    assert full_score(doc, trie, unigrams, beta=0.8) == pytest.approx(4.0 + 0.6 + 1.0 + 0.5)
+    assert full_score(doc, trie, unigrams, beta=0.8, single_key=1.0) == pytest.approx(4.0)
+    # a repeated key adds nothing the second time
+    assert full_score([B, 1, 2, 8, 1, 2], _trie({(1, 2): 3.0}), {}) == pytest.approx(3.0)
+
+
+def test_titles_match_only_at_the_document_start():
+    fm = FMIndex.build([[10, 11, 0, 20], [20, 10, 11]])  # doc 0: title 10 11, eos 0, body 20
+    weights = {(B, 10, 11, 0): 6.0}
+    assert first_stage(weights, fm) == {0: (6.0, 6.0)}
+    ranked = rank_documents({(B, 10, 11, 0): -0.01}, fm, fully_score=10)
+    assert set(ranked) == {0} and ranked[0] > 0
+
+
+def test_query_ngrams_are_word_ngrams_in_every_capitalisation():
+    words = lambda text: [hash(w) % 1000 for w in text.split()]  # noqa: E731  a tokenizer stand-in
+    keys = query_ngrams("vitamin d", lambda t: [t])
+    assert sorted(k[0] for k in keys) == sorted(["vitamin", "Vitamin", "d", "D", "vitamin d", "Vitamin d",
+                                                 "vitamin D", "Vitamin D"])
+    assert len(query_ngrams("a b c d", words, max_words=3)) == len(set(map(tuple, query_ngrams("a b c d", words))))
+
+
+# ---------------------------------------------------------------- constrained decoding
+
+
+corpora = st.lists(st.lists(st.integers(3, 8), min_size=0, max_size=10), min_size=1, max_size=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(corpora, st.integers(0, 2**31 - 1), st.integers(0, 3))
+def test_constrained_walks_never_leave_the_corpus(docs, seed, stop_at_count):
+    """Random walks through the allowed sets: every prefix occurs; a walk ends only at eos."""
+    fm = FMIndex.build(docs)
+    rng = random.Random(seed)
+    for force in [(), (B,)]:
+        constraint = IndexConstraint(fm, eos_id=1, force_prefix=force, stop_at_count=stop_at_count)
+        generated: list[int] = []
+        for _ in range(12):
+            allowed = constraint(0, generated)
+            assert allowed, "the constraint must always allow something"
+            token = rng.choice(allowed)
+            if token == 1:
+                break
+            generated.append(token)
+            count = fm.count(list(force) + generated)
+            assert count > 0
+            if stop_at_count and count <= stop_at_count:
+                assert constraint(0, generated) == [1]
+                break
+
+
+def tiny_keymodel(vocab_size=None):
+    """A 1-layer bert2bert with random weights and MiniLM's tokenizer: for code paths, never for numbers."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, EncoderDecoderConfig, EncoderDecoderModel
+
+    from retrieval.generative.keymodel import KeyModel
+    from retrieval.models import model_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path("minilm")))
+    small = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=64, max_position_embeddings=128)
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**small), BertConfig(**small, is_decoder=True,
+                                                                                                add_cross_attention=True))
+    model = EncoderDecoderModel(config=config)
+    model.config.decoder_start_token_id = tokenizer.cls_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.sep_token_id
+    keymodel = KeyModel(model, tokenizer, "bert2bert")
+    keymodel._sync_generation_config()
+    return keymodel
+
+
+@pytest.fixture(scope="module")
+def keymodel():
+    return tiny_keymodel()
+
+
+@pytest.fixture(scope="module")
+def tiny_seal(tiny_beir_session, keymodel):
+    retriever = build_retriever("seal", model="bert2bert", beam=4, length=4, title_length=6, fully_score=50)
+    retriever._keymodel = keymodel
+    retriever.index(load_corpus(tiny_beir_session))
+    return retriever
+
+
+def test_every_generated_key_is_in_the_corpus(tiny_seal, keymodel):
+    fm = tiny_seal.fm
+    queries = ["what causes scurvy", "hormone controlling blood sugar"]
+    for force, length in [((), 4), ((B,), 6)]:
+        sources = [f"{q} || {'title' if force else 'body'}" for q in queries]
+        constraint = IndexConstraint(fm, keymodel.eos_id, force_prefix=force, vocab_size=keymodel.vocab_size)
+        recorder = KeyRecorder(4, keymodel.eos_id, keymodel.pad_id)
+        finals = keymodel.generate(sources, num_beams=4, max_new_tokens=length, allowed=constraint, recorder=recorder)
+        for keys, hyps in zip(recorder.keys, finals):
+            assert len(keys) >= 4
+            for key in list(keys) + [tuple(h) for h, _ in hyps]:
+                body = [t for t in key if t != keymodel.eos_id] if not force else list(key)
+                assert fm.count(list(force) + body) > 0, keymodel.tokenizer.decode(key)
+            # the recorded score is the model's log-probability of the key, teacher-forced
+            key = max(keys, key=len)
+            assert keys[key] == pytest.approx(keymodel.score_keys(sources[0 if keys is recorder.keys[0] else 1], [list(key)])[0], abs=1e-4)
+
+
+def test_diverse_beam_search_with_one_group_is_hugging_faces_beam_search(tiny_seal, keymodel):
+    from retrieval.generative.constrained import diverse_beam_search
+
+    sources = ["what causes scurvy || body", "black hole light || body"]
+    constraint = IndexConstraint(tiny_seal.fm, keymodel.eos_id, vocab_size=keymodel.vocab_size)
+    recorder = KeyRecorder(4, keymodel.eos_id, keymodel.pad_id)
+    keymodel.generate(sources, num_beams=4, max_new_tokens=4, allowed=constraint, recorder=recorder)
+    ours = diverse_beam_search(keymodel, sources, num_beams=4, groups=1, penalty=0.0, max_new_tokens=4, allowed=constraint)
+    for theirs, mine in zip(recorder.keys, ours):
+        assert set(theirs) == set(mine)
+        assert all(theirs[k] == pytest.approx(mine[k], abs=1e-4) for k in theirs)
+
+
+def test_diversity_penalty_spreads_the_groups_first_tokens(tiny_seal, keymodel):
+    from retrieval.generative.constrained import diverse_beam_search
+
+    constraint = IndexConstraint(tiny_seal.fm, keymodel.eos_id, vocab_size=keymodel.vocab_size)
+    plain = diverse_beam_search(keymodel, ["insulin || body"], num_beams=4, groups=4, penalty=0.0, max_new_tokens=3,
+                                allowed=constraint)[0]
+    diverse = diverse_beam_search(keymodel, ["insulin || body"], num_beams=4, groups=4, penalty=1e3, max_new_tokens=3,
+                                  allowed=constraint)[0]
+    firsts = lambda keys: {k[0] for k in keys if len(k) == 3}  # noqa: E731
+    assert len(firsts(plain)) == 1  # four identical groups follow the same best beam
+    assert len(firsts(diverse)) == 4  # a huge penalty forces four different first tokens
+    assert all(tiny_seal.fm.count(list(k)) > 0 for k in diverse)
+    with pytest.raises(ValueError, match="multiple of groups"):
+        diverse_beam_search(keymodel, ["x"], num_beams=4, groups=3, penalty=0.0, max_new_tokens=1)
+
+
+def test_title_keys_start_at_document_starts(tiny_seal):
+    keys = tiny_seal.generate_keys(["vitamin deficiency in elderly people"])[0]
+    titles = [k for k in keys if k[0] == B]
+    assert titles, "the title pass yields complete titles"
+    for key in titles:
+        assert key[-1] == tiny_seal.keymodel.eos_id
+        assert all(offset == 0 for _, offset in tiny_seal.fm.locate(list(key)))
+
+
+def test_unconstrained_ablation_still_keeps_only_corpus_keys(tiny_seal):
+    tiny_seal.set_search_options(constrained=False)
+    try:
+        keys = tiny_seal.generate_keys(["what causes scurvy"])[0]
+    finally:
+        tiny_seal.set_search_options(constrained=True)
+    assert all(tiny_seal.fm.count(list(k)) > 0 for k in keys)
+    with pytest.raises(ValueError, match="unknown SEAL option"):
+        tiny_seal.set_search_options(beams=3)
+
+
+# ---------------------------------------------------------------- the common API
+
+
+def test_seal_saves_reloads_and_returns_the_same_run(tiny_seal, tiny_beir_session, tmp_path):
+    queries = load_dataset(tiny_beir_session).queries
+    # a random model gives every key P far below its corpus frequency (weight 0): LM weights rank anyway
+    tiny_seal.set_search_options(use_index_frequency=False)
+    run = tiny_seal.search(queries, k=5)
+    assert set(run) == set(queries) and all(len(docs) <= 5 for docs in run.values())
+    assert all(run.values())
+    tiny_seal.save(tmp_path / "seal")
+    again = load_retriever(tmp_path / "seal")
+    assert type(again).__name__ == "SEALRetriever" and again.uses_titles
+    assert isinstance(again.fm.bwt, np.memmap)
+    assert again.config["use_index_frequency"] is False  # search options travel in the manifest
+    assert again.search(queries, k=5) == run
+    hits = again.search_one("what causes scurvy", k=3)
+    assert hits and hits[0].text  # texts come from the docstore
+    tiny_seal.set_search_options(use_index_frequency=True)
+
+
+def test_seal_through_the_runner_and_mteb(tiny_seal, tiny_beir_session, tmp_path):
+    from eval.mteb_adapter import MtebRetriever, mteb_scores
+    from eval.mteb_tasks import local_retrieval_task
+    from eval.runner import evaluate
+
+    tiny_seal.set_search_options(use_index_frequency=False)
+    try:
+        record, _ = evaluate(tiny_seal, load_dataset(tiny_beir_session), latency_sample=2)
+        scores = mteb_scores(MtebRetriever(tiny_seal), local_retrieval_task(tiny_beir_session))
+    finally:
+        tiny_seal.set_search_options(use_index_frequency=True)
+    assert record["metrics"]["ndcg@10"] > 0
+    assert record["metrics"]["ndcg@10"] == pytest.approx(scores["ndcg_at_10"], abs=1e-4)
+
+
+def test_a_corpus_without_titles_indexes_bodies_only(keymodel):
+    from retrieval.data import Corpus, Doc
+
+    retriever = build_retriever("seal", model="bert2bert", beam=2, length=2)
+    retriever._keymodel = keymodel
+    retriever.index(Corpus([Doc("a", "", "alpha beta"), Doc("b", "", "gamma")]))
+    assert not retriever.uses_titles
+    assert retriever.fm.doc_tokens(0).tolist() == keymodel.tokens("alpha beta")
+
+
+# ---------------------------------------------------------------- training data and trainer
+
+
+def test_spans_start_where_the_query_overlaps():
+    from training.seal import sample_spans, stopwords
+
+    passage = "filler " * 30 + "scurvy is caused by a lack of vitamin c in the diet " + "filler " * 30
+    spans = sample_spans("what causes scurvy vitamin c", passage, 20, 5, 0.05, random.Random(0), stopwords())
+    assert sum("scurvy" in s or "vitamin" in s for s in spans) >= 18
+
+
+def test_training_examples_follow_the_reference_shapes(tiny_beir_session):
+    from training.seal import DEFAULTS, supervised_examples, unsupervised_examples
+
+    dataset = load_dataset(tiny_beir_session)
+    config = {**DEFAULTS, "supervised_spans": 2, "title_samples": 1, "span_samples": 2}
+    supervised = supervised_examples(dataset, config, random.Random(0))
+    assert len(supervised) == 4 * 3  # four judged pairs: two spans and a title each
+    assert ("what causes scurvy || title", "Scurvy") in supervised
+    unsupervised = unsupervised_examples(dataset.corpus, config, random.Random(0))
+    sources = [s for s, _ in unsupervised]
+    assert sum(s.lower().endswith("|| title") for s in sources) >= 8  # the whole document -> title, per doc
+    assert all(s.lower().endswith(("|| title", "|| body")) for s in sources)
+
+
+def test_training_lowers_the_loss(keymodel):
+    import copy
+
+    from training.seal import DEFAULTS, train
+
+    model = copy.deepcopy(keymodel)
+    examples = [("what causes scurvy || body", "a lack of vitamin c")] * 8
+    before = model.loss([examples[0][0]], [model.tokens(examples[0][1]) + [model.eos_id]]).item()
+    info = train(model, examples, {**DEFAULTS, "max_steps": 15, "batch_size": 8, "lr": 3e-3, "epochs": 100}, progress=False)
+    after = model.loss([examples[0][0]], [model.tokens(examples[0][1]) + [model.eos_id]]).item()
+    assert info["steps"] == 15 and after < before - 1.0
+
+
+# ---------------------------------------------------------------- the recipe, end to end (real model)
+
+
+@pytest.mark.slow
+def test_recipe_trains_saves_reloads_and_writes_records(tmp_path):
+    """`dengen train seal` on LIMIT-small for a few steps: results.json with SEAL, ablations and BM25; the
+    saved index reloaded in a new process returns the same run; leaderboard records for `dengen report`."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO, SHARED_DATA
+
+    config = tmp_path / "seal.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": str(SHARED_DATA / "limit-small"), "train_split": None, "span_samples": 2, "max_steps": 3,
+        "query_sample": 16, "verify_queries": 16, "baselines": ["bm25"], "search": {"beam": 4, "fully_score": 50},
+        "ks": [2, 10], "main_metric": "recall@2", "out": str(tmp_path / "out"), "report": str(tmp_path / "report"),
+    }))
+    for flag in ([], ["--verify"], ["--records"]):
+        subprocess.run([sys.executable, "-m", "training.seal", "--config", str(config), *flag], cwd=REPO, check=True)
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["seal", "seal-no_constraints", "seal-single_key", "seal-lm_weights", "bm25"]
+    assert json.loads((tmp_path / "out" / "verify.json").read_text())["identical"] is True
+    records = sorted(p.name for p in (tmp_path / "report").glob("*.json"))
+    assert "limit-small-test-seal-bert2bert.json" in records and "limit-small-test-bm25.json" in records

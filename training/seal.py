@@ -1,0 +1,445 @@
+"""Train SEAL's key model and evaluate the SEAL retriever against BM25 and dense, with ablations.
+
+Training data as facebookresearch/SEAL's scripts build it (`scripts/training/make_supervised_dpr_dataset.py`,
+`make_unsupervised_dataset.py`):
+- supervised (a query and a relevant document): `span_samples` spans of 10 words from the document,
+  each starting at a position drawn with probability softmax(overlap / temperature), the overlap being
+  the summed fuzzy ratio (difflib, what fuzzywuzzy's ratio computes) between the query's word 3-grams and
+  the document's 3-grams starting at non-stopwords: "q || body" -> span; and "q || title" -> title;
+- unsupervised, from the corpus alone: "document || title" -> title (`full_doc`), `title_samples` of
+  either "random span || title" -> title or "title || body" -> span (a fair coin), and `span_samples`
+  of "random span || body" -> another span; 10% of sources lowercased.
+Every target ends with the model's eos (the title terminator in the index stream).
+
+    dengen train seal --config training/configs/seal-scifact.yaml
+    dengen train seal --config training/configs/seal-scifact.yaml --verify   # reload the saved index in a new process
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training.recipe import read_recipe, write_results
+
+DEFAULTS = {
+    "data": "../shared/data/scifact",
+    "train_split": "train",  # null: corpus spans only (no training queries, e.g. LIMIT)
+    "test_split": "test",
+    "backbone": "bert2bert",
+    "span_words": 10,
+    "supervised_spans": 3,
+    "temperature": 1.0,
+    "full_doc": 1,
+    "title_samples": 1,
+    "span_samples": 2,
+    "input_words": [1, 15],  # random source spans for unsupervised examples (min, max words)
+    "epochs": 1,
+    "max_steps": None,
+    "batch_size": 16,
+    "lr": 1e-4,  # the cross-attention of bert2bert starts from scratch; SEAL used 3e-5 on a pretrained BART
+    "warmup": 0.05,
+    "max_target_tokens": 32,
+    "seed": 0,
+    "threads": 2,
+    "search": {},  # SEAL search options (retrieval.generative.seal.SEARCH_DEFAULTS)
+    "ablations": ["no_constraints", "single_key", "lm_weights"],
+    "baselines": ["bm25", "dense:model=minilm,index=Flat"],
+    "query_sample": None,  # evaluate on a seeded sample of this many test queries (null: all)
+    "verify_queries": 64,  # --verify re-searches the first this-many evaluated queries in a new process
+    # (a multiple of the search batch size: batches pad queries together, so other batches round differently)
+    "depth": 100,
+    "ks": [1, 2, 10, 100],
+    "main_metric": "ndcg@10",  # the leaderboard column (LIMIT-small: recall@2, as eval/limit.py reads it)
+    "out": "results/seal-scifact",
+    "report": "results/seal-report",  # leaderboard records (dengen report FOLDER) go to FOLDER/<dataset>-*.json
+}
+ABLATIONS = {  # name -> search options that differ from the full model
+    "no_constraints": {"constrained": False},
+    "single_key": {"single_key": 1.0},
+    "lm_weights": {"use_index_frequency": False},
+}
+ABLATION_OPTIONS = sorted({k for options in ABLATIONS.values() for k in options})
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def stopwords() -> frozenset[str]:
+    """English stopwords (scikit-learn's list stands in for NLTK's, which needs a download)."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def overlap_weights(query: str, passage_words: list[str], banned: frozenset[str]) -> dict[int, float]:
+    """{start position: summed fuzzy ratio of the query's word 3-grams with the 3-gram starting there}."""
+    query_words = [w.lower() for w in query.split()]
+    lower = [w.lower() for w in passage_words]
+    starts = [i for i, w in enumerate(lower) if w not in banned]
+    matcher = difflib.SequenceMatcher(autojunk=False)
+    weights = dict.fromkeys(starts, 0.0)
+    for i in range(len(query_words)):
+        matcher.set_seq2(" ".join(query_words[i : i + 3]))
+        for j in starts:
+            matcher.set_seq1(" ".join(lower[j : j + 3]))
+            weights[j] += matcher.ratio()
+    return weights
+
+
+def sample_spans(query: str, passage: str, n: int, words: int, temperature: float, rng: random.Random,
+                 banned: frozenset[str]) -> list[str]:
+    """`n` spans of `words` words from `passage`, starts drawn by softmax(overlap with the query / temperature)."""
+    tokens = passage.split()
+    weights = overlap_weights(query, tokens, banned)
+    if not weights or sum(weights.values()) == 0.0:
+        starts = [0] * n
+    else:
+        positions = list(weights)
+        top = max(weights.values())
+        probabilities = [math.exp((weights[p] - top) / temperature) for p in positions]
+        starts = rng.choices(positions, weights=probabilities, k=n)
+    return [" ".join(tokens[s : s + words]) for s in starts]
+
+
+def supervised_examples(dataset, config: dict, rng: random.Random) -> list[tuple[str, str]]:
+    """(source, target) pairs from a split's queries and their relevant documents."""
+    banned = stopwords()
+    examples = []
+    for qid, relevant in dataset.qrels.items():
+        query = dataset.queries[qid].strip()
+        for doc_id, grade in relevant.items():
+            if grade <= 0 or doc_id not in dataset.corpus:
+                continue
+            doc = dataset.corpus[doc_id]
+            for span in sample_spans(query, doc.text, config["supervised_spans"], config["span_words"],
+                                     config["temperature"], rng, banned):
+                examples.append((f"{query} || body", span))
+            if doc.title.strip():
+                examples.append((f"{query} || title", doc.title.strip()))
+    return examples
+
+
+def _good_start(word: str) -> bool:
+    """The reference's filter for a span's first word: not an article/pronoun, no final or opening punctuation."""
+    return word.lower() not in {"the", "to", "a", "an", "he", "his", "him", "he's", "she", "her", "she's", "it", "its",
+                                "it's", "and", "or", "this", "that", "those", "these", '"', "'", "''"} \
+        and word[-1] not in "?.!" and word[0] not in "(["
+
+
+def unsupervised_examples(corpus, config: dict, rng: random.Random) -> list[tuple[str, str]]:
+    """(source, target) pairs from the corpus alone: title and span prediction from random spans."""
+    low, high = config["input_words"]
+    size = config["span_words"]
+    examples = []
+    for doc in corpus:
+        title, tokens = doc.title.strip(), doc.text.split()
+        if not tokens:
+            continue
+        if title and title != doc.text:
+            examples += [(f"{doc.text} || title", title)] * config["full_doc"]
+            for _ in range(config["title_samples"]):
+                if rng.random() > 0.5:
+                    n = rng.randint(low, high)
+                    i = rng.randint(0, max(0, len(tokens) - n))
+                    examples.append((" ".join(tokens[i : i + n]) + " || title", title))
+                else:
+                    for _attempt in range(10):
+                        j = rng.randint(0, max(0, len(tokens) - size))
+                        if _good_start(tokens[j]):
+                            examples.append((f"{title} || body", " ".join(tokens[j : j + size])))
+                            break
+        sampled = failures = 0
+        while sampled < config["span_samples"] and failures < 10:
+            n = rng.randint(low, high)
+            i, j = rng.randint(0, max(0, len(tokens) - n)), rng.randint(0, max(0, len(tokens) - size))
+            if i == j or not _good_start(tokens[j]):
+                failures += 1
+                continue
+            examples.append((" ".join(tokens[i : i + n]) + " || body", " ".join(tokens[j : j + size])))
+            sampled += 1
+    return [((s.lower() if rng.random() < 0.1 else s), t) for s, t in examples]
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+def train(keymodel, examples: list[tuple[str, str]], config: dict, progress: bool = True) -> dict:
+    """Teacher-forced cross-entropy on (source, target + eos); AdamW, linear warm-up and decay."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(config["seed"])
+    model = keymodel.model.train()
+    targets = [keymodel.tokens(t)[: config["max_target_tokens"] - 1] + [keymodel.eos_id] for _, t in examples]
+    batch = config["batch_size"]
+    total = math.ceil(len(examples) / batch) * config["epochs"]
+    if config["max_steps"]:
+        total = min(total, config["max_steps"])
+    warm = max(1, int(config["warmup"] * total))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    rng = np.random.default_rng(config["seed"])
+    losses, step, started = [], 0, time.perf_counter()
+    bar = tqdm(total=total, desc="seal train", disable=not progress, file=sys.stderr)
+    while step < total:
+        order = rng.permutation(len(examples))
+        for start in range(0, len(order), batch):
+            if step >= total:
+                break
+            rows = order[start : start + batch]
+            loss = keymodel.loss([examples[i][0] for i in rows], [targets[i] for i in rows])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.item()))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    bar.close()
+    model.eval()
+    seconds = time.perf_counter() - started
+    return {"examples": len(examples), "steps": step, "seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / max(1, step), 3),
+            "loss_first20": round(float(np.mean(losses[:20])), 4), "loss_last20": round(float(np.mean(losses[-20:])), 4)}
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+
+
+def _sample(queries: dict[str, str], n: int | None, seed: int) -> dict[str, str]:
+    if not n or n >= len(queries):
+        return queries
+    chosen = sorted(random.Random(seed).sample(sorted(queries), n))
+    return {q: queries[q] for q in chosen}
+
+
+def timed_search(retriever, queries: dict[str, str], depth: int) -> tuple[dict, float]:
+    started = time.perf_counter()
+    run = retriever.search(queries, k=depth)
+    return run, (time.perf_counter() - started) / max(1, len(queries)) * 1000
+
+
+def evaluate_seal(index_folder: Path, test, config: dict, queries: dict[str, str]) -> list[dict]:
+    """The saved SEAL index (loaded, as a user would), then each ablation; generation is shared by the
+    ablations that only change the scoring."""
+    from eval.metrics import evaluate_run
+    from indexes.manifest import folder_bytes
+    from retrieval import load_retriever
+
+    retriever = load_retriever(index_folder)
+    model_bytes = folder_bytes(index_folder / "model")
+    rows = []
+    run, latency = timed_search(retriever, queries, config["depth"])
+    save_run(run, index_folder.parent / "runs" / "seal")
+    rows.append({"name": "seal", "metrics": evaluate_run(test.qrels, run, ks=config["ks"]), "ms_per_query": round(latency, 1),
+                 "index_bytes": folder_bytes(index_folder) - model_bytes, "model_bytes": model_bytes})
+    base = {k: retriever.config[k] for k in ABLATION_OPTIONS}
+    keys = None  # generated once, shared by the ablations that only change the scoring
+    for name in config["ablations"]:
+        options = ABLATIONS[name]
+        started = time.perf_counter()
+        if "constrained" in options:
+            retriever.set_search_options(**options)
+            ablation_run = retriever.search(queries, k=config["depth"])
+        else:
+            if keys is None:
+                keys = dict(zip(queries, retriever.generate_keys(list(queries.values()))))
+            retriever.set_search_options(**options)
+            ablation_run = {}
+            for qid, query_keys in keys.items():
+                first = retriever.keymodel.first_token_logprobs(f"{queries[qid]} || body")
+                scores = sorted(retriever.score_keys(query_keys, first).items(), key=lambda kv: -kv[1])[: config["depth"]]
+                ablation_run[qid] = {retriever.doc_ids[d]: float(s) for d, s in scores}
+        retriever.set_search_options(**base)
+        rows.append({"name": f"seal-{name}", "options": options, "metrics": evaluate_run(test.qrels, ablation_run, ks=config["ks"]),
+                     "seconds": round(time.perf_counter() - started, 1)})
+    return rows
+
+
+def evaluate_baselines(test, config: dict, queries: dict[str, str], folder: Path) -> list[dict]:
+    from eval.metrics import evaluate_run
+    from indexes.manifest import folder_bytes
+    from retrieval.spec import parse_spec
+
+    rows = []
+    for spec in config["baselines"]:
+        retriever = parse_spec(spec)
+        retriever.index(test.corpus)
+        target = folder / spec.split(":")[0]
+        retriever.save(target)
+        run, latency = timed_search(retriever, queries, config["depth"])
+        rows.append({"name": spec, "metrics": evaluate_run(test.qrels, run, ks=config["ks"]),
+                     "ms_per_query": round(latency, 1), "index_bytes": folder_bytes(target),
+                     "build_seconds": round(retriever.build_seconds, 1)})
+    return rows
+
+
+def save_run(run: dict, stem: Path) -> None:
+    """The run as JSON: exact scores for the reload comparison, and ids with spaces (LIMIT's names) survive."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(run), encoding="utf-8")
+
+
+def write_records(report: dict) -> list[Path]:
+    """One leaderboard record per row of a results.json report, in the runner's format, so that
+    `dengen report FOLDER` shows SEAL, its ablations and the baselines side by side."""
+    from eval.runner import label, safe_name
+    from retrieval.spec import spec_to_config
+
+    config = report["config"]
+    folder = Path(config["report"])
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = Path(config["data"]).name
+    written = []
+    for row in report["rows"]:
+        if row["name"].startswith("seal"):
+            name, described = f"seal-{config['backbone']}{row['name'][4:]}", {"kind": "seal", **config["search"], **row.get("options", {})}
+        else:
+            described = spec_to_config(row["name"])
+            name = label(described)
+        record = {"dataset": dataset, "split": config["test_split"], "retriever": described, "label": name,
+                  "metrics": row["metrics"], "main_metric": config["main_metric"], "num_queries": report["queries"],
+                  "build_seconds": row.get("build_seconds"), "index_bytes": row.get("index_bytes"),
+                  "latency_ms": {"mean": row["ms_per_query"]} if "ms_per_query" in row else None,
+                  "date": report.get("date", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+                  "source": f"dengen train seal (results in {config['out']}/results.json)"}
+        path = folder / f"{dataset}-{config['test_split']}-{safe_name(name)}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def run_digest(run: dict) -> str:
+    text = json.dumps({q: sorted(d.items()) for q, d in sorted(run.items())})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- recipe
+
+
+def training_signature(config: dict) -> str:
+    keys = ["data", "train_split", "backbone", "span_words", "supervised_spans", "temperature", "full_doc",
+            "title_samples", "span_samples", "input_words", "epochs", "max_steps", "batch_size", "lr", "warmup",
+            "max_target_tokens", "seed"]
+    return hashlib.sha256(json.dumps({k: config[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="dengen train seal", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--verify", action="store_true", help="reload the saved index in a new process and compare runs")
+    parser.add_argument("--records", action="store_true", help="(re)write the leaderboard records from results.json")
+    args = parser.parse_args(argv)
+    config = read_recipe(args.config, DEFAULTS)
+    if args.records:
+        report = json.loads((Path(config["out"]) / "results.json").read_text(encoding="utf-8"))
+        report["config"] = {**DEFAULTS, **report["config"]}
+        for path in write_records(report):
+            print(f"wrote {path}")
+        return report
+
+    import torch
+
+    from retrieval import build_retriever, load_dataset
+    from retrieval.generative.keymodel import KeyModel
+    torch.set_num_threads(config["threads"])
+    out = Path(config["out"])
+    test = load_dataset(config["data"], config["test_split"])
+    queries = _sample(test.queries, config["query_sample"], config["seed"])
+    test = dataclasses.replace(test, queries=queries, qrels={q: test.qrels[q] for q in queries if q in test.qrels})
+    if args.verify:
+        return verify_reload(out, queries, config)
+
+    model_folder = out / "model"
+    signature = training_signature(config)
+    info_path = model_folder / "seal-train.json"
+    if info_path.is_file() and json.loads(info_path.read_text())["signature"] == signature:
+        info = json.loads(info_path.read_text())
+        print(f"{model_folder}: trained with this recipe already, reusing it")
+    else:
+        rng = random.Random(config["seed"])
+        examples = []
+        if config["train_split"]:
+            examples += supervised_examples(load_dataset(config["data"], config["train_split"]), config, rng)
+        supervised = len(examples)
+        examples += unsupervised_examples(test.corpus, config, rng)
+        keymodel = KeyModel.create(config["backbone"], seed=config["seed"])
+        info = {"signature": signature, "supervised_examples": supervised,
+                "unsupervised_examples": len(examples) - supervised, **train(keymodel, examples, config)}
+        keymodel.save(model_folder)
+        info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")  # written last: the done marker
+
+    seal = build_retriever("seal", model=str(model_folder), **config["search"])
+    seal.index(test.corpus)
+    index_folder = out / "index"
+    seal.save(index_folder)
+    rows = evaluate_seal(index_folder, test, config, queries)
+    rows[0]["build_seconds"] = round(seal.build_seconds, 1)
+    rows += evaluate_baselines(test, config, queries, out / "baselines")
+    report = {"config": config, "training": info, "queries": len(queries), "rows": rows,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "run_sha256": run_digest(load_run(out / "runs" / "seal.json"))}
+    write_results(out, report)
+    write_records(report)
+    print_table(report)
+    return report
+
+
+def load_run(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def verify_reload(out: Path, queries: dict[str, str], config: dict) -> dict:
+    """Load the saved index in a fresh process, search the first `verify_queries` evaluated queries,
+    and compare that run with the saved run of the same queries (scores exactly, as JSON floats)."""
+    chosen = dict(list(queries.items())[: config["verify_queries"]])
+    code = (  # the same torch thread count as the evaluation: reductions split differently round differently
+        "import json,sys,torch; from retrieval import load_retriever; from training.seal import run_digest;"
+        "torch.set_num_threads(int(sys.argv[4])); r=load_retriever(sys.argv[1]); q=json.loads(open(sys.argv[2]).read());"
+        "print(run_digest(r.search(q, k=int(sys.argv[3]))))"
+    )
+    queries_file = out / "verify-queries.json"
+    queries_file.write_text(json.dumps(chosen), encoding="utf-8")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code, str(out / "index"), str(queries_file), str(config["depth"]),
+                             str(config["threads"])],
+                            capture_output=True, text=True, check=True)
+    fresh = result.stdout.strip().splitlines()[-1]
+    saved_run = load_run(out / "runs" / "seal.json")
+    saved = run_digest({q: saved_run[q] for q in chosen})
+    verdict = {"queries": len(chosen), "saved_run_sha256": saved, "reloaded_run_sha256": fresh,
+               "identical": fresh == saved, "seconds": round(time.perf_counter() - started, 1)}
+    print(json.dumps(verdict, indent=2))
+    (out / "verify.json").write_text(json.dumps(verdict, indent=2), encoding="utf-8")
+    if not verdict["identical"]:
+        raise SystemExit("the reloaded SEAL index returned a different run")
+    return verdict
+
+
+def print_table(report: dict) -> None:
+    ks = report["config"]["ks"]
+    cols = [f"ndcg@{k}" for k in ks if k in (10,)] + [f"recall@{k}" for k in ks if k != 1]
+    print(f"\n{'retriever':40s} " + " ".join(f"{c:>10s}" for c in cols) + f" {'ms/query':>9s} {'index MB':>9s}")
+    for row in report["rows"]:
+        m = row["metrics"]
+        size = f"{row['index_bytes'] / 1e6:9.1f}" if "index_bytes" in row else " " * 9
+        ms = f"{row['ms_per_query']:9.1f}" if "ms_per_query" in row else " " * 9
+        print(f"{row['name']:40s} " + " ".join(f"{m.get(c, float('nan')):10.4f}" for c in cols) + f" {ms} {size}")
+
+
+if __name__ == "__main__":
+    main()
