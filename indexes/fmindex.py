@@ -61,7 +61,10 @@ class FMIndex:
 
         pieces, lengths = [], []
         for i, doc in enumerate(tqdm(docs, desc="fm-index: gathering", unit="doc", disable=not progress)):
-            arr = np.asarray(doc, dtype=np.int64)
+            given = np.asarray(doc)
+            if given.size and not np.issubdtype(given.dtype, np.integer):  # 1.7 would silently become 1
+                raise ValueError(f"document {i}: token ids must be integers, got {given.dtype}")
+            arr = given.astype(np.int64)
             if arr.ndim != 1 or (arr.size and arr.min() < 0):
                 raise ValueError(f"document {i}: token ids must be a flat sequence of non-negative integers")
             pieces.append(arr)
@@ -102,6 +105,8 @@ class FMIndex:
     def extend(self, row_range: tuple[int, int], token: int) -> tuple[int, int]:
         """The row range of `prefix + [token]`, given the row range of `prefix` (one backward-search step)."""
         low, high = row_range
+        if token == self.BOUNDARY and row_range != self.full_range():
+            raise ValueError("BOUNDARY may only be an n-gram's first element")
         c = self._symbol(token)
         if c >= self._alphabet or low >= high:
             return (0, 0)
@@ -114,10 +119,8 @@ class FMIndex:
     def range(self, ngram: Sequence[int]) -> tuple[int, int]:
         """Rows [low, high) whose reversed suffixes start with `ngram`; the empty n-gram spans everything."""
         rows = self.full_range()
-        for i, token in enumerate(ngram):
-            if token == self.BOUNDARY and i > 0:
-                raise ValueError("BOUNDARY may only be an n-gram's first element")
-            rows = self.extend(rows, token)
+        for token in ngram:
+            rows = self.extend(rows, token)  # refuses a BOUNDARY after the first token
             if rows[0] >= rows[1]:
                 return (0, 0)
         return rows

@@ -181,12 +181,16 @@ def test_negative_token_id_names_the_document():
         FMIndex.build([[1, 2], [3], [4, -5]])
     with pytest.raises(ValueError, match="document 0"):
         FMIndex.build([[[1, 2]]])  # not a flat sequence
+    with pytest.raises(ValueError, match="document 1: token ids must be integers"):
+        FMIndex.build([[1, 2], [1.7]])
 
 
 def test_bad_patterns_and_documents_are_refused():
     fm = FMIndex.build([[1, 2, 3]])
     with pytest.raises(ValueError, match="BOUNDARY"):
         fm.count([1, B])
+    with pytest.raises(ValueError, match="BOUNDARY"):
+        fm.extend(fm.range([1]), B)  # the step-by-step path refuses it too
     with pytest.raises(ValueError, match="negative"):
         fm.count([-2])  # would otherwise alias the end sentinel
     with pytest.raises(ValueError, match="non-empty"):
