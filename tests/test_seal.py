@@ -331,3 +331,32 @@ def test_recipe_trains_saves_reloads_and_writes_records(tmp_path):
     assert json.loads((tmp_path / "out" / "verify.json").read_text())["identical"] is True
     records = sorted(p.name for p in (tmp_path / "report").glob("*.json"))
     assert "limit-small-test-seal-bert2bert.json" in records and "limit-small-test-bm25.json" in records
+
+
+# ---------------------------------------------------------------- refusals and the shared schedule
+
+
+def test_bad_models_and_options_are_refused(tmp_path):
+    from retrieval.generative.keymodel import KeyModel
+
+    with pytest.raises(ValueError, match="unknown backbone 't5'"):
+        KeyModel.create("t5")
+    with pytest.raises(FileNotFoundError, match="keymodel.json"):
+        KeyModel.load(tmp_path)
+    with pytest.raises(ValueError, match="unknown SEAL option"):
+        build_retriever("seal", beams=4)
+
+
+def test_linear_warmup_is_hf_trainers_schedule():
+    import torch
+
+    from training.contrastive import linear_warmup
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = linear_warmup(optimizer, total=10, warmup_ratio=0.2)  # 2 warm-up steps, then 8 of decay
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([0.0, 0.5, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.dense.dse import CrossEncoderScorer, DSEEncoder, DSEHead, dse_loss
+from training.contrastive import optimise
 from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
@@ -83,14 +84,7 @@ def _fit(torch, batch_loss, params, n: int, desc: str, epochs: int, lr: float, b
     losses, started = [], time.perf_counter()
     bar = tqdm(total=steps, desc=desc, disable=not progress, file=sys.stderr)
     for rows in _batches(torch, n, batch_size, epochs, seed):
-        loss = batch_loss(rows)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        optimise(batch_loss(rows), optimizer, schedule, losses, bar)
     bar.close()
     return {"steps": steps, "first_loss": losses[0], "last_loss_mean50": float(np.mean(losses[-50:])),
             "train_seconds": round(time.perf_counter() - started, 1)}

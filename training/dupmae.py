@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.contrastive import in_batch_infonce, optimise
+from training.contrastive import in_batch_infonce, linear_warmup, optimise
 from training.recipe import read_recipe, saved_row, write_results
 
 DEFAULTS = {
@@ -297,15 +297,6 @@ class Collator:
         enc_ids, enc_labels = replace_masked(ids, enc_mask, tok.mask_token_id, len(tok), self.generator)
         return {"input_ids": ids, "attention_mask": attention, "encoder_input_ids": enc_ids, "encoder_labels": enc_labels,
                 "decoder_attention_mask": dec_matrix, "decoder_labels": dec_labels, "bag_word_weight": torch.from_numpy(bow)}
-
-
-def linear_warmup(optimizer, total: int, warmup_ratio: float):
-    """HF Trainer's linear schedule: warm up over ceil(ratio * total) steps, then decay to 0."""
-    import torch
-
-    warmup = math.ceil(warmup_ratio * total)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: s / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
 
 
 def pretrain(config: dict, texts: list[str], folder: Path, progress: bool = True) -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.contrastive import linear_warmup, optimise
 from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
@@ -186,10 +187,8 @@ def train(keymodel, examples: list[tuple[str, str]], config: dict, progress: boo
     total = math.ceil(len(examples) / batch) * config["epochs"]
     if config["max_steps"]:
         total = min(total, config["max_steps"])
-    warm = max(1, int(config["warmup"] * total))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    schedule = linear_warmup(optimizer, total, config["warmup"])
     rng = np.random.default_rng(config["seed"])
     losses, step, started = [], 0, time.perf_counter()
     bar = tqdm(total=total, desc="seal train", disable=not progress, file=sys.stderr)
@@ -200,15 +199,8 @@ def train(keymodel, examples: list[tuple[str, str]], config: dict, progress: boo
                 break
             rows = order[start : start + batch]
             loss = keymodel.loss([examples[i][0] for i in rows], [targets[i] for i in rows])
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            losses.append(float(loss.item()))
+            optimise(loss, optimizer, schedule, losses, bar, clip=1.0)
             step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     bar.close()
     model.eval()
     seconds = time.perf_counter() - started
@@ -259,11 +251,7 @@ def evaluate_seal(index_folder: Path, test, config: dict, queries: dict[str, str
             if keys is None:
                 keys = dict(zip(queries, retriever.generate_keys(list(queries.values()))))
             retriever.set_search_options(**options)
-            ablation_run = {}
-            for qid, query_keys in keys.items():
-                first = retriever.keymodel.first_token_logprobs(f"{queries[qid]} || body")
-                scores = sorted(retriever.score_keys(query_keys, first).items(), key=lambda kv: -kv[1])[: config["depth"]]
-                ablation_run[qid] = {retriever.doc_ids[d]: float(s) for d, s in scores}
+            ablation_run = {qid: retriever.rank(queries[qid], query_keys, config["depth"]) for qid, query_keys in keys.items()}
         retriever.set_search_options(**base)
         rows.append({"name": f"seal-{name}", "options": options, "metrics": evaluate_run(test.qrels, ablation_run, ks=config["ks"]),
                      "seconds": round(time.perf_counter() - started, 1)})

@@ -113,11 +113,14 @@ class SEALRetriever(Retriever):
                           disable=len(ids) <= size):
             batch = ids[start : start + size]
             for qid, keys in zip(batch, self.generate_keys([queries[q] for q in batch])):
-                first = self.keymodel.first_token_logprobs(f"{queries[qid]} || body") if self.config["unigram_scores"] else None
-                scores = self.score_keys(keys, first)
-                top = sorted(scores.items(), key=lambda item: -item[1])[:k]
-                run[qid] = {self.doc_ids[doc]: float(score) for doc, score in top}
+                run[qid] = self.rank(queries[qid], keys, k)
         return run
+
+    def rank(self, query: str, keys: dict[tuple[int, ...], float], k: int) -> dict[str, float]:
+        """{doc id: score} of the top `k` documents for `query` given its keys (from `generate_keys`)."""
+        first = self.keymodel.first_token_logprobs(f"{query} || body") if self.config["unigram_scores"] else None
+        top = sorted(self.score_keys(keys, first).items(), key=lambda item: -item[1])[:k]
+        return {self.doc_ids[doc]: float(score) for doc, score in top}
 
     def score_keys(self, keys: dict[tuple[int, ...], float], first_logprobs=None) -> dict[int, float]:
         c = self.config
