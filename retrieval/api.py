@@ -30,6 +30,8 @@ RETRIEVERS = {
     "chunked": "retrieval.longdoc:ChunkedRetriever",
     "situated": "retrieval.dense.sitemb:SituatedRetriever",
     "seal": "retrieval.generative.seal:SEALRetriever",
+    "corpusbrain": "retrieval.generative.corpusbrain:CorpusBrainRetriever",
+    "ugr": "retrieval.generative.ugr:UGRRetriever",
 }
 
 

@@ -131,6 +131,7 @@ TRAINERS = {
     "dupmae": "training.dupmae",
     "sitemb": "training.sitemb",
     "seal": "training.seal",
+    "corpusbrain": "training.corpusbrain",
 }
 
 

@@ -96,3 +96,26 @@ def assert_saved_encoder_reloads(encoder_folder: Path, data: Path, tmp_path: Pat
         for doc_id, score in ranked.items():
             assert there[qid][doc_id] == pytest.approx(score, abs=1e-5)
     return here
+
+
+def tiny_keymodel(vocab_size=None):
+    """A 1-layer bert2bert with random weights and MiniLM's tokenizer: for code paths, never for numbers."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, EncoderDecoderConfig, EncoderDecoderModel
+
+    from retrieval.generative.keymodel import KeyModel
+    from retrieval.models import model_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path("minilm")))
+    small = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=64, max_position_embeddings=128)
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**small), BertConfig(**small, is_decoder=True,
+                                                                                                add_cross_attention=True))
+    model = EncoderDecoderModel(config=config)
+    model.config.decoder_start_token_id = tokenizer.cls_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.sep_token_id
+    keymodel = KeyModel(model, tokenizer, "bert2bert")
+    keymodel._sync_generation_config()
+    return keymodel

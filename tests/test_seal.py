@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import tiny_keymodel
 from indexes.fmindex import FMIndex
 from retrieval import build_retriever, load_corpus, load_dataset, load_retriever
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder
@@ -114,29 +115,6 @@ def test_constrained_walks_never_leave_the_corpus(docs, seed, stop_at_count):
             if stop_at_count and count <= stop_at_count:
                 assert constraint(0, generated) == [1]
                 break
-
-
-def tiny_keymodel(vocab_size=None):
-    """A 1-layer bert2bert with random weights and MiniLM's tokenizer: for code paths, never for numbers."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, EncoderDecoderConfig, EncoderDecoderModel
-
-    from retrieval.generative.keymodel import KeyModel
-    from retrieval.models import model_path
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path("minilm")))
-    small = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                 intermediate_size=64, max_position_embeddings=128)
-    config = EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**small), BertConfig(**small, is_decoder=True,
-                                                                                                add_cross_attention=True))
-    model = EncoderDecoderModel(config=config)
-    model.config.decoder_start_token_id = tokenizer.cls_token_id
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.eos_token_id = tokenizer.sep_token_id
-    keymodel = KeyModel(model, tokenizer, "bert2bert")
-    keymodel._sync_generation_config()
-    return keymodel
 
 
 @pytest.fixture(scope="module")
@@ -293,12 +271,13 @@ def test_training_examples_follow_the_reference_shapes(tiny_beir_session):
 def test_training_lowers_the_loss(keymodel):
     import copy
 
-    from training.seal import DEFAULTS, train
+    from training.keymodel_train import train_keymodel
+    from training.seal import DEFAULTS
 
     model = copy.deepcopy(keymodel)
     examples = [("what causes scurvy || body", "a lack of vitamin c")] * 8
     before = model.loss([examples[0][0]], [model.tokens(examples[0][1]) + [model.eos_id]]).item()
-    info = train(model, examples, {**DEFAULTS, "max_steps": 15, "batch_size": 8, "lr": 3e-3, "epochs": 100}, progress=False)
+    info = train_keymodel(model, examples, {**DEFAULTS, "max_steps": 15, "batch_size": 8, "lr": 3e-3, "epochs": 100}, progress=False)
     after = model.loss([examples[0][0]], [model.tokens(examples[0][1]) + [model.eos_id]]).item()
     assert info["steps"] == 15 and after < before - 1.0
 

@@ -23,14 +23,12 @@ import hashlib
 import json
 import math
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from training.contrastive import linear_warmup, optimise
+from training.generative_eval import (evaluate_baselines, load_run, print_table, run_digest, sample_queries, save_run,
+                                       timed_search, verify_reload, write_records)
+from training.keymodel_train import train_keymodel
 from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
@@ -53,6 +51,7 @@ DEFAULTS = {
     "max_target_tokens": 32,
     "seed": 0,
     "threads": 2,
+    "device": "auto",  # where the key model trains: "auto" takes CUDA when there is one (evaluation stays on CPU)
     "search": {},  # SEAL search options (retrieval.generative.seal.SEARCH_DEFAULTS)
     "ablations": ["no_constraints", "single_key", "lm_weights"],
     "baselines": ["bm25", "dense:model=minilm,index=Flat"],
@@ -175,54 +174,7 @@ def unsupervised_examples(corpus, config: dict, rng: random.Random) -> list[tupl
 # ---------------------------------------------------------------------------------------- training
 
 
-def train(keymodel, examples: list[tuple[str, str]], config: dict, progress: bool = True) -> dict:
-    """Teacher-forced cross-entropy on (source, target + eos); AdamW, linear warm-up and decay."""
-    import torch
-    from tqdm import tqdm
-
-    torch.manual_seed(config["seed"])
-    model = keymodel.model.train()
-    targets = [keymodel.tokens(t)[: config["max_target_tokens"] - 1] + [keymodel.eos_id] for _, t in examples]
-    batch = config["batch_size"]
-    total = math.ceil(len(examples) / batch) * config["epochs"]
-    if config["max_steps"]:
-        total = min(total, config["max_steps"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
-    schedule = linear_warmup(optimizer, total, config["warmup"])
-    rng = np.random.default_rng(config["seed"])
-    losses, step, started = [], 0, time.perf_counter()
-    bar = tqdm(total=total, desc="seal train", disable=not progress, file=sys.stderr)
-    while step < total:
-        order = rng.permutation(len(examples))
-        for start in range(0, len(order), batch):
-            if step >= total:
-                break
-            rows = order[start : start + batch]
-            loss = keymodel.loss([examples[i][0] for i in rows], [targets[i] for i in rows])
-            optimise(loss, optimizer, schedule, losses, bar, clip=1.0)
-            step += 1
-    bar.close()
-    model.eval()
-    seconds = time.perf_counter() - started
-    return {"examples": len(examples), "steps": step, "seconds": round(seconds, 1),
-            "seconds_per_step": round(seconds / max(1, step), 3),
-            "loss_first20": round(float(np.mean(losses[:20])), 4), "loss_last20": round(float(np.mean(losses[-20:])), 4)}
-
-
 # ---------------------------------------------------------------------------------------- evaluation
-
-
-def _sample(queries: dict[str, str], n: int | None, seed: int) -> dict[str, str]:
-    if not n or n >= len(queries):
-        return queries
-    chosen = sorted(random.Random(seed).sample(sorted(queries), n))
-    return {q: queries[q] for q in chosen}
-
-
-def timed_search(retriever, queries: dict[str, str], depth: int) -> tuple[dict, float]:
-    started = time.perf_counter()
-    run = retriever.search(queries, k=depth)
-    return run, (time.perf_counter() - started) / max(1, len(queries)) * 1000
 
 
 def evaluate_seal(index_folder: Path, test, config: dict, queries: dict[str, str]) -> list[dict]:
@@ -258,64 +210,6 @@ def evaluate_seal(index_folder: Path, test, config: dict, queries: dict[str, str
     return rows
 
 
-def evaluate_baselines(test, config: dict, queries: dict[str, str], folder: Path) -> list[dict]:
-    from eval.metrics import evaluate_run
-    from indexes.manifest import folder_bytes
-    from retrieval.spec import parse_spec
-
-    rows = []
-    for spec in config["baselines"]:
-        retriever = parse_spec(spec)
-        retriever.index(test.corpus)
-        target = folder / spec.split(":")[0]
-        retriever.save(target)
-        run, latency = timed_search(retriever, queries, config["depth"])
-        rows.append({"name": spec, "metrics": evaluate_run(test.qrels, run, ks=config["ks"]),
-                     "ms_per_query": round(latency, 1), "index_bytes": folder_bytes(target),
-                     "build_seconds": round(retriever.build_seconds, 1)})
-    return rows
-
-
-def save_run(run: dict, stem: Path) -> None:
-    """The run as JSON: exact scores for the reload comparison, and ids with spaces (LIMIT's names) survive."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(run), encoding="utf-8")
-
-
-def write_records(report: dict) -> list[Path]:
-    """One leaderboard record per row of a results.json report, in the runner's format, so that
-    `dengen report FOLDER` shows SEAL, its ablations and the baselines side by side."""
-    from eval.runner import label, safe_name
-    from retrieval.spec import spec_to_config
-
-    config = report["config"]
-    folder = Path(config["report"])
-    folder.mkdir(parents=True, exist_ok=True)
-    dataset = Path(config["data"]).name
-    written = []
-    for row in report["rows"]:
-        if row["name"].startswith("seal"):
-            name, described = f"seal-{config['backbone']}{row['name'][4:]}", {"kind": "seal", **config["search"], **row.get("options", {})}
-        else:
-            described = spec_to_config(row["name"])
-            name = label(described)
-        record = {"dataset": dataset, "split": config["test_split"], "retriever": described, "label": name,
-                  "metrics": row["metrics"], "main_metric": config["main_metric"], "num_queries": report["queries"],
-                  "build_seconds": row.get("build_seconds"), "index_bytes": row.get("index_bytes"),
-                  "latency_ms": {"mean": row["ms_per_query"]} if "ms_per_query" in row else None,
-                  "date": report.get("date", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-                  "source": f"dengen train seal (results in {config['out']}/results.json)"}
-        path = folder / f"{dataset}-{config['test_split']}-{safe_name(name)}.json"
-        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        written.append(path)
-    return written
-
-
-def run_digest(run: dict) -> str:
-    text = json.dumps({q: sorted(d.items()) for q, d in sorted(run.items())})
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 # ---------------------------------------------------------------------------------------- recipe
 
 
@@ -336,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.records:
         report = json.loads((Path(config["out"]) / "results.json").read_text(encoding="utf-8"))
         report["config"] = {**DEFAULTS, **report["config"]}
-        for path in write_records(report):
+        for path in write_records(report, "seal"):
             print(f"wrote {path}")
         return report
 
@@ -347,10 +241,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(config["threads"])
     out = Path(config["out"])
     test = load_dataset(config["data"], config["test_split"])
-    queries = _sample(test.queries, config["query_sample"], config["seed"])
+    queries = sample_queries(test.queries, config["query_sample"], config["seed"])
     test = dataclasses.replace(test, queries=queries, qrels={q: test.qrels[q] for q in queries if q in test.qrels})
     if args.verify:
-        return verify_reload(out, queries, config)
+        return verify_reload(out, out / "index", out / "runs" / "seal.json", queries, config)
 
     model_folder = out / "model"
     signature = training_signature(config)
@@ -367,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         examples += unsupervised_examples(test.corpus, config, rng)
         keymodel = KeyModel.create(config["backbone"], seed=config["seed"])
         info = {"signature": signature, "supervised_examples": supervised,
-                "unsupervised_examples": len(examples) - supervised, **train(keymodel, examples, config)}
+                "unsupervised_examples": len(examples) - supervised, **train_keymodel(keymodel, examples, config, desc="seal train")}
         keymodel.save(model_folder)
         info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")  # written last: the done marker
 
@@ -382,51 +276,9 @@ def main(argv: list[str] | None = None) -> dict:
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "run_sha256": run_digest(load_run(out / "runs" / "seal.json"))}
     write_results(out, report)
-    write_records(report)
+    write_records(report, "seal")
     print_table(report)
     return report
-
-
-def load_run(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def verify_reload(out: Path, queries: dict[str, str], config: dict) -> dict:
-    """Load the saved index in a fresh process, search the first `verify_queries` evaluated queries,
-    and compare that run with the saved run of the same queries (scores exactly, as JSON floats)."""
-    chosen = dict(list(queries.items())[: config["verify_queries"]])
-    code = (  # the same torch thread count as the evaluation: reductions split differently round differently
-        "import json,sys,torch; from retrieval import load_retriever; from training.seal import run_digest;"
-        "torch.set_num_threads(int(sys.argv[4])); r=load_retriever(sys.argv[1]); q=json.loads(open(sys.argv[2]).read());"
-        "print(run_digest(r.search(q, k=int(sys.argv[3]))))"
-    )
-    queries_file = out / "verify-queries.json"
-    queries_file.write_text(json.dumps(chosen), encoding="utf-8")
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", code, str(out / "index"), str(queries_file), str(config["depth"]),
-                             str(config["threads"])],
-                            capture_output=True, text=True, check=True)
-    fresh = result.stdout.strip().splitlines()[-1]
-    saved_run = load_run(out / "runs" / "seal.json")
-    saved = run_digest({q: saved_run[q] for q in chosen})
-    verdict = {"queries": len(chosen), "saved_run_sha256": saved, "reloaded_run_sha256": fresh,
-               "identical": fresh == saved, "seconds": round(time.perf_counter() - started, 1)}
-    print(json.dumps(verdict, indent=2))
-    (out / "verify.json").write_text(json.dumps(verdict, indent=2), encoding="utf-8")
-    if not verdict["identical"]:
-        raise SystemExit("the reloaded SEAL index returned a different run")
-    return verdict
-
-
-def print_table(report: dict) -> None:
-    ks = report["config"]["ks"]
-    cols = [f"ndcg@{k}" for k in ks if k in (10,)] + [f"recall@{k}" for k in ks if k != 1]
-    print(f"\n{'retriever':40s} " + " ".join(f"{c:>10s}" for c in cols) + f" {'ms/query':>9s} {'index MB':>9s}")
-    for row in report["rows"]:
-        m = row["metrics"]
-        size = f"{row['index_bytes'] / 1e6:9.1f}" if "index_bytes" in row else " " * 9
-        ms = f"{row['ms_per_query']:9.1f}" if "ms_per_query" in row else " " * 9
-        print(f"{row['name']:40s} " + " ".join(f"{m.get(c, float('nan')):10.4f}" for c in cols) + f" {ms} {size}")
 
 
 if __name__ == "__main__":

@@ -45,10 +45,17 @@ class KeyModel:
         else:
             self.start_id = int(tokenizer.cls_token_id)  # decoder start
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.prompt = None  # a UGR TaskPrompt (retrieval/generative/prompts.py) applied to every source
+        self.task = None  # the prompt task of sources that carry none (TaskSource carries its own)
+
+    @property
+    def device(self):
+        """Where the model's weights are (`keymodel.model.to("cuda")` moves it; inputs follow)."""
+        return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ creation and storage
     @classmethod
-    def create(cls, backbone: str = "bert2bert", seed: int = 0) -> "KeyModel":
+    def create(cls, backbone: str = "bert2bert", seed: int = 0, max_source_tokens: int = 64) -> "KeyModel":
         """A fresh model from the offline weights (the bert2bert cross-attention is initialised at random)."""
         import torch
         from transformers import AutoTokenizer
@@ -76,7 +83,7 @@ class KeyModel:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         else:
             raise ValueError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
-        keymodel = cls(model, tokenizer, backbone)
+        keymodel = cls(model, tokenizer, backbone, max_source_tokens)
         keymodel._sync_generation_config()
         return keymodel
 
@@ -90,8 +97,19 @@ class KeyModel:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder)
+        from retrieval.generative.prompts import MODULE_NAME, PROMPT_CONFIG, PROMPT_VECTORS
+
+        soft = self.model._modules.pop(MODULE_NAME, None)  # prompt vectors go beside the weights, not in them
+        try:
+            self.model.save_pretrained(folder)
+        finally:
+            if soft is not None:
+                self.model.add_module(MODULE_NAME, soft)
         self.tokenizer.save_pretrained(folder)
+        for name in (PROMPT_CONFIG, PROMPT_VECTORS):  # a prompt-less save over a prompted one
+            (folder / name).unlink(missing_ok=True)
+        if self.prompt is not None:
+            self.prompt.save(folder)
         (folder / CONFIG_FILE).write_text(
             json.dumps({"backbone": self.backbone, "max_source_tokens": self.max_source_tokens}, indent=2), encoding="utf-8"
         )
@@ -108,7 +126,32 @@ class KeyModel:
         keymodel = cls(loader.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), config["backbone"],
                        config["max_source_tokens"])
         keymodel._sync_generation_config()
+        from retrieval.generative.prompts import PROMPT_CONFIG, TaskPrompt
+
+        if (folder / PROMPT_CONFIG).is_file():
+            keymodel.set_prompt(TaskPrompt.load(folder))
         return keymodel
+
+    def set_prompt(self, prompt, task: str | None = None) -> None:
+        """Apply a UGR `TaskPrompt` (None removes it) to every source; `task`: the default granularity."""
+        from retrieval.generative.prompts import MODULE_NAME, task_of
+
+        self.model._modules.pop(MODULE_NAME, None)
+        if prompt is not None and prompt.uses_vectors:
+            if self.causal:
+                raise ValueError(f"{prompt.design} prompts prepend vectors to an encoder's input; the causal "
+                                 f"{self.backbone} backbone has none: use a discrete prompt or bert2bert")
+            self.model.add_module(MODULE_NAME, prompt.vectors.to(self.device))
+            prompt.vectors = self.model._modules[MODULE_NAME]
+        for p in self.model.parameters():  # prompt tuning proper (tune_model=False) freezes the backbone
+            p.requires_grad_(prompt is None or prompt.tune_model)
+        if prompt is not None and prompt.uses_vectors:
+            prompt.vectors.requires_grad_(True)
+        self.prompt = prompt
+        self.task = task_of(task) if task is not None else self.task
+
+    def _task(self, source: str) -> str | None:
+        return getattr(source, "granularity", None) or self.task
 
     # ------------------------------------------------------------------ tokenisation
     def tokens(self, text: str) -> list[int]:
@@ -119,6 +162,9 @@ class KeyModel:
     def _source_ids(self, source: str) -> list[int]:
         ids = self.tokenizer(source, add_special_tokens=not self.causal, truncation=True,
                              max_length=self.max_source_tokens)["input_ids"]
+        if self.prompt is not None and self.prompt.uses_text:  # discrete words first (after [CLS]), untruncated
+            words = self.prompt.text_ids(self, self._task(source))
+            ids = words + ids if self.causal else ids[:1] + words + ids[1:]
         return ids + [self.start_id] if self.causal else ids
 
     def _batch(self, sources: Sequence[str]):
@@ -133,20 +179,32 @@ class KeyModel:
             cols = slice(width - len(row), width) if pad_left else slice(0, len(row))
             ids[i, cols] = torch.tensor(row)
             mask[i, cols] = 1
-        return ids, mask
+        return ids.to(self.device), mask.to(self.device)
+
+    def _encoder_inputs(self, sources: Sequence[str]) -> dict:
+        """The encoder's keyword inputs: ids and mask, or embeddings (soft prompt vectors first) and mask."""
+        ids, mask = self._batch(sources)
+        if self.prompt is None or not self.prompt.uses_vectors:
+            return {"input_ids": ids, "attention_mask": mask}
+        embeds, mask = self.prompt.embed(self, ids, mask, [self._task(s) for s in sources])
+        return {"inputs_embeds": embeds, "attention_mask": mask}
 
     # ------------------------------------------------------------------ training and scoring
     def target_logprobs(self, sources: Sequence[str], targets: Sequence[Sequence[int]]):
         """Per-token log-probabilities (B x T tensor, 0 on padding) of `targets` given `sources`, and the mask."""
         import torch
 
-        ids, mask = self._batch(sources)
+        if self.causal:
+            ids, mask = self._batch(sources)
+        else:
+            encoder = self._encoder_inputs(sources)
         width = max(len(t) for t in targets)
         target = torch.full((len(targets), width), self.pad_id, dtype=torch.long)
         target_mask = torch.zeros((len(targets), width), dtype=torch.bool)
         for i, t in enumerate(targets):
             target[i, : len(t)] = torch.tensor(list(t), dtype=torch.long)
             target_mask[i, : len(t)] = True
+        target, target_mask = target.to(self.device), target_mask.to(self.device)
         if self.causal:
             full = torch.cat([ids, target], 1)
             full_mask = torch.cat([mask, target_mask.long()], 1)
@@ -154,9 +212,9 @@ class KeyModel:
             logits = self.model(input_ids=full, attention_mask=full_mask, position_ids=positions).logits
             logits = logits[:, ids.shape[1] - 1 : -1]  # the prediction for each target token
         else:
-            start = torch.full((len(targets), 1), self.start_id, dtype=torch.long)
+            start = torch.full((len(targets), 1), self.start_id, dtype=torch.long, device=self.device)
             decoder_in = torch.cat([start, target[:, :-1]], 1)
-            logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_in,
+            logits = self.model(**encoder, decoder_input_ids=decoder_in,
                                 decoder_attention_mask=torch.cat([start.new_ones(len(targets), 1), target_mask[:, :-1].long()], 1)).logits
         logprobs = logits.float().log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
         return logprobs.masked_fill(~target_mask, 0.0), target_mask
@@ -183,13 +241,13 @@ class KeyModel:
         import torch
 
         with torch.inference_mode():
-            ids, mask = self._batch([source])
+            encoder = self._encoder_inputs([source])
             if self.causal:
-                logits = self.model(input_ids=ids, attention_mask=mask).logits[0, -1]
+                logits = self.model(**encoder).logits[0, -1]
             else:
-                start = torch.full((1, 1), self.start_id, dtype=torch.long)
-                logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[0, -1]
-        return logits.float().log_softmax(-1).numpy()
+                start = torch.full((1, 1), self.start_id, dtype=torch.long, device=self.device)
+                logits = self.model(**encoder, decoder_input_ids=start).logits[0, -1]
+        return logits.float().log_softmax(-1).cpu().numpy()
 
     def next_token_logprobs(self, sources: Sequence[str], prefixes: Sequence[Sequence[int]]):
         """log P(t | source, prefix) for every token t (rows x vocab tensor), one row per (source, prefix)."""
@@ -204,20 +262,21 @@ class KeyModel:
                 for i, row in enumerate(rows):
                     ids[i, width - len(row):] = torch.tensor(row)
                     mask[i, width - len(row):] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
                 positions = (mask.cumsum(1) - 1).clamp(min=0)
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
             else:
-                ids, mask = self._batch(sources)
+                encoder = self._encoder_inputs(sources)
                 width = 1 + max(len(p) for p in prefixes)
                 decoder_in = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
                 decoder_mask = torch.zeros_like(decoder_in)
                 for i, p in enumerate(prefixes):
                     decoder_in[i, : len(p) + 1] = torch.tensor([self.start_id, *p])
                     decoder_mask[i, : len(p) + 1] = 1
-                logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_in,
-                                    decoder_attention_mask=decoder_mask).logits
+                logits = self.model(**encoder, decoder_input_ids=decoder_in.to(self.device),
+                                    decoder_attention_mask=decoder_mask.to(self.device)).logits
                 logits = logits[torch.arange(len(prefixes)), torch.tensor([len(p) for p in prefixes])]
-        return logits.float().log_softmax(-1)
+        return logits.float().log_softmax(-1).cpu()
 
     # ------------------------------------------------------------------ generation
     def generate(self, sources: Sequence[str], *, num_beams: int, max_new_tokens: int, min_new_tokens: int = 1,
@@ -229,8 +288,8 @@ class KeyModel:
         import torch
         from transformers import LogitsProcessorList
 
-        ids, mask = self._batch(sources)
-        offset = ids.shape[1] if self.causal else 1  # where generated tokens start in input_ids
+        encoder = self._encoder_inputs(sources)  # with soft prompt vectors: inputs_embeds (bert2bert only)
+        offset = encoder["input_ids"].shape[1] if self.causal else 1  # where generated tokens start in input_ids
         kwargs = {}
         if allowed is not None:
             kwargs["prefix_allowed_tokens_fn"] = lambda b, seq: allowed(b, seq[offset:].tolist())
@@ -240,7 +299,7 @@ class KeyModel:
             processors = LogitsProcessorList([recorder])
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=ids, attention_mask=mask, num_beams=num_beams, num_return_sequences=num_beams,
+                **encoder, num_beams=num_beams, num_return_sequences=num_beams,
                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, early_stopping=False,
                 length_penalty=0.0, output_scores=True, return_dict_in_generate=True, logits_processor=processors,
                 **kwargs,

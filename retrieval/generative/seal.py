@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from indexes.docstore import read_docids
 from indexes.fmindex import FMIndex
-from retrieval.api import Retriever
 from retrieval.data import Corpus
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder, diverse_beam_search
-from retrieval.generative.keymodel import BACKBONES, KeyModel
+from retrieval.generative.base import GenerativeRetriever
+from retrieval.generative.keymodel import KeyModel
 from retrieval.generative.seal_scoring import query_ngrams, rank_documents
 
 # options that change only how the saved index is searched (set_search_options), with SEAL's defaults
@@ -50,7 +50,7 @@ SEARCH_DEFAULTS = {
 }
 
 
-class SEALRetriever(Retriever):
+class SEALRetriever(GenerativeRetriever):
     """Generative retrieval with n-gram identifiers over an FM-index.
 
     Args:
@@ -66,30 +66,14 @@ class SEALRetriever(Retriever):
     """
 
     kind = "seal"
+    method = "SEAL"
+    search_defaults = SEARCH_DEFAULTS
 
     def __init__(self, model: str = "bert2bert", titles: str | bool = "auto", **search):
-        unknown = set(search) - set(SEARCH_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown SEAL option(s) {sorted(unknown)}; known: {sorted(SEARCH_DEFAULTS)}")
-        super().__init__(model=str(model), titles=titles, **{**SEARCH_DEFAULTS, **search})
-        self._keymodel: KeyModel | None = None
+        super().__init__(model, search, titles=titles)
         self.fm: FMIndex | None = None
         self.doc_ids: list[str] = []
         self.uses_titles = False
-
-    def set_search_options(self, **options) -> None:
-        """Change search-time options of a built or loaded index (beam, ablation switches, ...)."""
-        unknown = set(options) - set(SEARCH_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown SEAL option(s) {sorted(unknown)}; known: {sorted(SEARCH_DEFAULTS)}")
-        self.config.update(options)
-
-    @property
-    def keymodel(self) -> KeyModel:
-        if self._keymodel is None:
-            name = self.config["model"]
-            self._keymodel = KeyModel.create(name) if name in BACKBONES else KeyModel.load(name)
-        return self._keymodel
 
     # ------------------------------------------------------------------ indexing
     def doc_stream(self, title: str, text: str) -> list[int]:

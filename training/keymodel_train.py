@@ -1,0 +1,49 @@
+"""The one trainer of generative key models (SEAL, CorpusBrain, UGR): source text in, target tokens out."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from training.contrastive import linear_warmup, optimise
+
+
+def train_keymodel(keymodel, examples: list[tuple[str, str]], config: dict, *, progress: bool = True,
+                   desc: str = "train") -> dict:
+    """Teacher-forced cross-entropy on (source, target + eos); AdamW, linear warm-up and decay.
+
+    `config` keys: seed, device ("auto": CUDA when there is one), max_target_tokens, batch_size, epochs,
+    max_steps (None: no cap), lr, warmup (a fraction of the steps). The model is back on the CPU after."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(config["seed"])
+    device = config["device"] if config["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = keymodel.model.to(device).train()
+    targets = [keymodel.tokens(t)[: config["max_target_tokens"] - 1] + [keymodel.eos_id] for _, t in examples]
+    batch = config["batch_size"]
+    total = math.ceil(len(examples) / batch) * config["epochs"]
+    if config["max_steps"]:
+        total = min(total, config["max_steps"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
+    schedule = linear_warmup(optimizer, total, config["warmup"])
+    rng = np.random.default_rng(config["seed"])
+    losses, step, started = [], 0, time.perf_counter()
+    bar = tqdm(total=total, desc=desc, disable=not progress, file=sys.stderr)
+    while step < total:
+        order = rng.permutation(len(examples))
+        for start in range(0, len(order), batch):
+            if step >= total:
+                break
+            rows = order[start : start + batch]
+            loss = keymodel.loss([examples[i][0] for i in rows], [targets[i] for i in rows])
+            optimise(loss, optimizer, schedule, losses, bar, clip=1.0)
+            step += 1
+    bar.close()
+    model.eval().cpu()
+    seconds = time.perf_counter() - started
+    return {"examples": len(examples), "device": device, "steps": step, "seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / max(1, step), 3),
+            "loss_first20": round(float(np.mean(losses[:20])), 4), "loss_last20": round(float(np.mean(losses[-20:])), 4)}
