@@ -41,7 +41,7 @@ class CorpusBrainRetriever(GenerativeRetriever):
         **search: any of SEARCH_DEFAULTS.
 
     Example:
-        >>> r = build_retriever("corpusbrain", model="results/corpusbrain-squad/model")
+        >>> r = build_retriever("corpusbrain", model="results/corpusbrain-squad/finetuned")
         >>> r.index(corpus); r.save("runs/corpusbrain")
         >>> load_retriever("runs/corpusbrain").search({"q1": "Who won Super Bowl 50?"}, k=10)
     """
@@ -77,8 +77,7 @@ class CorpusBrainRetriever(GenerativeRetriever):
         texts = tqdm(self.identifier_texts(corpus), desc="CorpusBrain titles", unit="doc", mininterval=1.0)
         self.identifiers = [km.tokens(text) for text in texts]
         self.doc_ids = list(corpus.ids)
-
-        self.trie = TitleTrie.build(self.identifiers, end_id=self.keymodel.eos_id)
+        self.trie = TitleTrie.build(self.identifiers, end_id=km.eos_id)
         self._map_titles()
 
     def _map_titles(self) -> None:
