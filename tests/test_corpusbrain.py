@@ -31,6 +31,10 @@ def test_generated_titles_are_corpus_titles_and_map_to_their_documents(tiny_brai
         assert found and len(found) <= 5
         assert all(title in titles for title, _ in found), query
         assert [score for _, score in found] == sorted((score for _, score in found), reverse=True)
+        # a title's score is log P(title, eos | query), teacher-forced (GENRE's beam score, no length penalty)
+        best, score = found[0]
+        eos = tiny_brain.keymodel.eos_id
+        assert score == pytest.approx(tiny_brain.keymodel.score_keys(query, [list(best) + [eos]])[0], abs=1e-4)
     run = tiny_brain.search(dict(enumerate(queries)), k=3)
     for query_id, ranked in run.items():
         assert 1 <= len(ranked) <= 3 and set(ranked) <= set(corpus.ids)

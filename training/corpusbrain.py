@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import random
 import time
 from pathlib import Path
 
-from training.generative_eval import (evaluate_baselines, load_run, print_table, run_digest, sample_queries, save_run,
-                                       timed_search, verify_reload, write_records)
+from training.generative_eval import (config_signature, evaluate_baselines, load_run, print_table, run_digest,
+                                       sample_queries, save_run, timed_search, verify_reload, write_records)
 from training.keymodel_train import train_keymodel
 from training.recipe import read_recipe, write_results
 
@@ -88,8 +87,7 @@ def load_data(config: dict):
 
 
 def signature(config: dict, stage: str) -> str:
-    keys = STAGE_KEYS["pretrained"] + (STAGE_KEYS["finetuned"] if stage == "finetuned" else [])
-    return hashlib.sha256(json.dumps({k: config[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+    return config_signature(config, STAGE_KEYS["pretrained"] + (STAGE_KEYS["finetuned"] if stage == "finetuned" else []))
 
 
 def train_stage(folder: Path, stage: str, config: dict, start, examples: list[tuple[str, str]], epochs: int) -> dict:

@@ -53,6 +53,11 @@ def load_run(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def config_signature(config: dict, keys: list[str]) -> str:
+    """A short hash of the recipe keys a trained model depends on (a saved model with the same one is reused)."""
+    return hashlib.sha256(json.dumps({k: config[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_digest(run: dict) -> str:
     text = json.dumps({q: sorted(d.items()) for q, d in sorted(run.items())})
     return hashlib.sha256(text.encode()).hexdigest()

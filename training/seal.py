@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import hashlib
 import json
 import math
 import random
 import time
 from pathlib import Path
 
-from training.generative_eval import (evaluate_baselines, load_run, print_table, run_digest, sample_queries, save_run,
-                                       timed_search, verify_reload, write_records)
+from training.generative_eval import (config_signature, evaluate_baselines, load_run, print_table, run_digest,
+                                       sample_queries, save_run, timed_search, verify_reload, write_records)
 from training.keymodel_train import train_keymodel
 from training.recipe import read_recipe, write_results
 
@@ -217,7 +216,7 @@ def training_signature(config: dict) -> str:
     keys = ["data", "train_split", "backbone", "span_words", "supervised_spans", "temperature", "full_doc",
             "title_samples", "span_samples", "input_words", "epochs", "max_steps", "batch_size", "lr", "warmup",
             "max_target_tokens", "seed"]
-    return hashlib.sha256(json.dumps({k: config[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+    return config_signature(config, keys)
 
 
 def main(argv: list[str] | None = None) -> dict:
