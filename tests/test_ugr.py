@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from conftest import run_python, shared, tiny_keymodel
+from conftest import assert_same_run, run_python, shared, tiny_keymodel
 from retrieval import build_retriever, load_corpus, load_dataset
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder
 from retrieval.generative.prompts import DISCRETE_TEXT, TaskPrompt, TaskSource, encoder_embeddings
@@ -227,12 +227,7 @@ def test_ugr_saves_reloads_in_a_new_process_and_returns_the_same_run(tiny_ugr, t
         "assert r.keymodel.prompt.design == 'hybrid' and r.keymodel.task == 'sentence'\n"
         f"print(json.dumps(r.search(load_dataset({str(tiny_beir_session)!r}).queries, k=5)))"
     )
-    there = json.loads(run_python(code).strip().splitlines()[-1])
-    assert set(there) == set(run)
-    for qid, ranked in run.items():
-        assert list(there[qid]) == list(ranked), qid
-        for doc_id, score in ranked.items():
-            assert there[qid][doc_id] == pytest.approx(score, abs=1e-5)
+    assert_same_run(run, json.loads(run_python(code).strip().splitlines()[-1]))
 
 
 def test_ugr_options_are_checked():
