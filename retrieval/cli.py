@@ -132,13 +132,14 @@ TRAINERS = {
     "sitemb": "training.sitemb",
     "seal": "training.seal",
     "corpusbrain": "training.corpusbrain",
+    "ugr": "training.ugr",
 }
 
 
 def cmd_train(args) -> None:
     import importlib
 
-    importlib.import_module(TRAINERS[args.method]).main(["--config", args.config])
+    importlib.import_module(TRAINERS[args.method]).main(["--config", args.config, *args.trainer_args])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # `train` hands the rest to its trainer (--verify, --records)
+    if extra and getattr(args, "func", None) is not cmd_train:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.trainer_args = extra
     if getattr(args, "func", None) is cmd_search and args.queries and not args.out:
         build_parser().error("search --queries needs --out RUN.trec")
     from retrieval.errors import DataError, IndexLoadError, ModelNotAvailable

@@ -87,3 +87,8 @@ def test_cli_train_dispatches_to_the_method_recipe(tmp_path):
     done = dengen("train", "adapter", "--config", bad, check=False)
     assert done.returncode != 0 and str(bad) in done.stderr and "rnaks" in done.stderr
     assert dengen("train", "nope", "--config", bad, check=False).returncode == 2
+    # the trainer's own flags (--verify, --records) pass through: its parser, not dengen's, judges them
+    done = dengen("train", "adapter", "--config", bad, "--frobnicate", check=False)
+    assert done.returncode == 2 and "dengen train adapter" in done.stderr and "--frobnicate" in done.stderr
+    done = dengen("search", "--index", tmp_path, "--query", "q", "--frobnicate", check=False)
+    assert done.returncode == 2 and "unrecognized arguments: --frobnicate" in done.stderr

@@ -294,3 +294,123 @@ def test_examples_are_seals_tagged_with_their_granularity_and_mixed(tiny_beir_se
     import pickle
 
     assert pickle.loads(pickle.dumps(sentence[0][0])).granularity == "sentence"
+
+
+# ---------------------------------------------------------------- one FM-index shared by units and their parents
+
+SENTENCES = [("scurvy#s0", "Scurvy", "Scurvy is a disease caused by a lack of vitamin C."),
+             ("scurvy#s1", "Scurvy", "Sailors ate citrus fruit to prevent it."),
+             ("insulin#s0", "Insulin", "Insulin is a hormone made by the pancreas."),
+             ("insulin#s1", "Insulin", "It lowers blood sugar."),
+             ("insulin#s2", "Insulin", "Diabetes follows when the pancreas makes too little insulin.")]
+QUERIES = {"q1": "what causes scurvy", "q2": "hormone controlling blood sugar", "q3": "pancreas and diabetes"}
+OPTIONS = dict(beam=4, length=4, title_length=6, use_index_frequency=False, unigram_scores=False)
+
+
+def ugr_over(docs, **config):
+    from retrieval.data import Corpus, Doc
+
+    retriever = build_retriever("ugr", model="bert2bert", prompt="discrete", **OPTIONS, **config)
+    retriever._keymodel = tiny_keymodel()
+    retriever.index(Corpus([Doc(*d) for d in docs]))
+    return retriever
+
+
+@pytest.fixture(scope="module")
+def shared_ugr():
+    return ugr_over(SENTENCES, granularity="sentence", units="sentence", parents="document")
+
+
+def test_a_shared_index_ranks_units_and_parents_as_their_own_indexes_would(shared_ugr):
+    """Given the same keys, the shared index ranks sentences as an index of the sentences alone does, and
+    abstracts as an index of the abstracts (their sentences joined) does; model-only weights, so that the
+    shared text's counts do not enter."""
+    units = ugr_over(SENTENCES, granularity="sentence")
+    joined = {}
+    for doc_id, title, text in SENTENCES:
+        parent = doc_id.split("#")[0]
+        joined[parent] = (parent, title, f"{joined[parent][2]} {text}" if parent in joined else text)
+    parents = ugr_over(list(joined.values()), granularity="document")
+    assert shared_ugr.fm.tokens.tolist() == parents.fm.tokens.tolist()  # one index: the abstracts' text
+    km = shared_ugr.keymodel
+    keys = {tuple(km.tokens("vitamin c")): -1.0, tuple(km.tokens("pancreas")): -2.0, tuple(km.tokens("blood sugar")): -0.5,
+            (-1, *km.tokens("Insulin"), km.eos_id): -3.0}  # the last: a title key
+    for query in QUERIES.values():
+        shared_ugr.set_search_options(granularity="sentence")
+        assert shared_ugr.rank(query, keys, 5) == pytest.approx(units.rank(query, keys, 5))
+        assert list(shared_ugr.rank(query, keys, 5)) == list(units.rank(query, keys, 5))
+        shared_ugr.set_search_options(granularity="document")
+        assert list(shared_ugr.rank(query, keys, 5)) == list(parents.rank(query, keys, 5))
+        assert shared_ugr.rank(query, keys, 5) == pytest.approx(parents.rank(query, keys, 5))
+    assert shared_ugr.keymodel.task == "document"
+    shared_ugr.set_search_options(granularity="sentence")
+    assert shared_ugr.keymodel.task == "sentence"
+
+
+def test_a_shared_index_saves_and_reloads_in_a_new_process_at_both_granularities(shared_ugr, tmp_path):
+    runs = {}
+    for granularity in ("sentence", "document"):
+        shared_ugr.set_search_options(granularity=granularity)
+        runs[granularity] = shared_ugr.search(QUERIES, k=5)
+        assert all(runs[granularity].values())
+    assert all("#s" in d for ranked in runs["sentence"].values() for d in ranked)
+    assert set(d for ranked in runs["document"].values() for d in ranked) <= {"scurvy", "insulin"}
+    shared_ugr.save(tmp_path / "ugr")
+    manifest = json.loads((tmp_path / "ugr" / "manifest.json").read_text())
+    assert manifest["n_parents"] == 2 and manifest["doc_count"] == 5 and manifest["config"]["parents"] == "document"
+    code = (
+        "import json\nfrom retrieval import load_retriever\n"
+        f"r = load_retriever({str(tmp_path / 'ugr')!r})\nruns = {{}}\n"
+        "for g in ('sentence', 'document'):\n"
+        "    r.set_search_options(granularity=g)\n"
+        f"    runs[g] = r.search({QUERIES!r}, k=5)\n"
+        "print(json.dumps(runs))"
+    )
+    there = json.loads(run_python(code).strip().splitlines()[-1])
+    for granularity, run in runs.items():
+        assert_same_run(run, there[granularity])
+
+
+def test_shared_index_refusals(shared_ugr):
+    with pytest.raises(ValueError, match="serves 'sentence' and 'document'"):
+        shared_ugr.set_search_options(granularity="page")
+    with pytest.raises(ValueError, match="'insulin#s1': the units of parent 'insulin' are not contiguous"):
+        ugr_over(SENTENCES[2:3] + SENTENCES[:2] + SENTENCES[3:], granularity="sentence", parents="document")
+    with pytest.raises(ValueError, match="unit 'scurvy': a unit id must be 'PARENT#suffix'"):
+        ugr_over([("scurvy", "Scurvy", "text")], granularity="sentence", parents="document")
+    with pytest.raises(ValueError, match="differs from its parent's"):
+        ugr_over([SENTENCES[0], ("scurvy#s1", "Other", "text")], granularity="sentence", parents="document")
+    with pytest.raises(ValueError, match="serves 'sentence'"):
+        build_retriever("ugr", granularity="document", units="sentence")
+
+
+@pytest.mark.slow
+def test_recipe_trains_multitask_and_per_task_models_and_reloads(tmp_path):
+    """`dengen train ugr` on the SQuAD granularities with two steps per model: one multi-task row and one
+    per-task row per granularity, BM25 beside them, records per granularity, and the shared index reloaded in
+    a new process gives the same run at both granularities."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    config = tmp_path / "ugr.yaml"
+    config.write_text(f"data: {shared('squad-v1.1-dev').parent}\ngranularities: [page, paragraph]\ntrain_queries: 4\n"
+                      "designs: [soft]\nmax_steps: 2\nbatch_size: 4\ntest_sample: 4\nverify_queries: 4\n"
+                      "search: {beam: 2, length: 3, title_length: 4}\nbaselines: [bm25]\n"
+                      f"out: {tmp_path / 'out'}\nreport: {tmp_path / 'report'}\n")
+    for flag in ([], ["--verify"]):
+        subprocess.run([sys.executable, "-m", "retrieval.cli", "train", "ugr", "--config", str(config), *flag],
+                       cwd=REPO, check=True)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = [(r["name"], r["granularity"]) for r in results["rows"]]
+    assert rows == [("ugr-multitask-soft", "paragraph"), ("ugr-multitask-soft", "page"), ("ugr-single-page", "page"),
+                    ("ugr-single-paragraph", "paragraph"), ("bm25", "page"), ("bm25", "paragraph")]
+    assert all(r["ms_per_query"] > 0 and "ndcg@10" in r["metrics"] for r in results["rows"])
+    training = results["training"]
+    assert training["multitask-soft"]["steps"] == 2 and set(training["single-page"]) >= {"examples_page", "signature"}
+    assert training["multitask-soft"]["examples"] == training["single-page"]["examples"] + training["single-paragraph"]["examples"]
+    for g in ("page", "paragraph"):
+        assert json.loads((tmp_path / "out" / f"verify-multitask-soft-{g}.json").read_text())["identical"] is True
+        assert len(list((tmp_path / "report").glob(f"squad-v1.1-dev-ugr-{g}-*.json"))) == 3
+    assert "| ugr-multitask-soft |" in (tmp_path / "out" / "designs.md").read_text()

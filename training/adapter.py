@@ -204,7 +204,7 @@ def load_config(path: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m training.adapter", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="dengen train adapter", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="yaml: data, model, ranks, epochs, lr, temperature, documents, out, ...")
     args = parser.parse_args(argv)
     config = load_config(args.config)

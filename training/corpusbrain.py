@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import random
 import time
 from pathlib import Path
 
-from training.generative_eval import (config_signature, evaluate_baselines, load_run, print_table, run_digest,
+from training.generative_eval import (config_signature, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
                                        sample_queries, save_run, timed_search, verify_reload, write_records)
-from training.keymodel_train import train_keymodel
+from training.keymodel_train import train_or_reuse
 from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
@@ -92,17 +91,8 @@ def signature(config: dict, stage: str) -> str:
 
 def train_stage(folder: Path, stage: str, config: dict, start, examples: list[tuple[str, str]], epochs: int) -> dict:
     """Train `start()` (a KeyModel) on `examples` into `folder`, unless a model with this stage's signature is there."""
-    info_path = folder / "corpusbrain-train.json"
-    wanted = signature(config, stage)
-    if info_path.is_file() and json.loads(info_path.read_text())["signature"] == wanted:
-        print(f"{folder}: trained with this recipe already, reusing it")
-        return json.loads(info_path.read_text())
-    keymodel = start()
-    info = {"signature": wanted, "stage": stage,
-            **train_keymodel(keymodel, examples, {**config, "epochs": epochs}, desc=f"corpusbrain {stage}")}
-    keymodel.save(folder)
-    info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")  # written last: the done marker
-    return info
+    return train_or_reuse(folder, signature(config, stage), start, lambda: examples, {**config, "epochs": epochs},
+                          desc=f"corpusbrain {stage}", extra={"stage": stage})
 
 
 def kilt_gold(dataset, queries: dict[str, str]) -> list[dict]:
@@ -170,10 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     config["test_split"] = config["split"]  # the records' split
     out = Path(config["out"])
     if args.records:
-        report = json.loads((out / "results.json").read_text(encoding="utf-8"))
-        for path in write_records(report, "corpusbrain"):
-            print(f"wrote {path}")
-        return report
+        return rewrite_records(out, "corpusbrain", DEFAULTS)
 
     import torch
 

@@ -212,7 +212,7 @@ def load_config(path: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m training.dse", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="dengen train dse", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="yaml: alpha, teacher_epochs, student_epochs, out, ...")
     args = parser.parse_args(argv)
     config = load_config(args.config)

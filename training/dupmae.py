@@ -472,7 +472,7 @@ def evaluate_representations(encoder, test, config: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m training.dupmae", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="dengen train dupmae", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="yaml: data, model, starts, pretrain_*, ft_*, out, ...")
     parser.add_argument("--verify", metavar="START", choices=STARTS, help="no training: reload out/ft-START in this "
                         "(new) process, re-encode every test query and compare the scores with results.json")

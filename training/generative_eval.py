@@ -72,48 +72,61 @@ def write_records(report: dict, kind: str) -> list[Path]:
     config = report["config"]
     folder = Path(config["report"])
     folder.mkdir(parents=True, exist_ok=True)
-    dataset = Path(config["data"]).name
     written = []
-    for row in report["rows"]:
+    for row in report["rows"]:  # a row may name its own dataset and split (UGR: one per granularity)
+        dataset, split = row.get("dataset", Path(config["data"]).name), row.get("split", config["test_split"])
         if row["name"].startswith(kind):
             name = f"{kind}-{config['backbone']}{row['name'][len(kind):]}"
             described = {"kind": kind, **config.get("search", {}), **row.get("options", {})}
         else:
             described = spec_to_config(row["name"])
             name = label(described)
-        record = {"dataset": dataset, "split": config["test_split"], "retriever": described, "label": name,
-                  "metrics": row["metrics"], "main_metric": config["main_metric"], "num_queries": report["queries"],
+        record = {"dataset": dataset, "split": split, "retriever": described, "label": name,
+                  "metrics": row["metrics"], "main_metric": config["main_metric"],
+                  "num_queries": row.get("queries", report["queries"]),
                   "build_seconds": row.get("build_seconds"), "index_bytes": row.get("index_bytes"),
                   "latency_ms": {"mean": row["ms_per_query"]} if "ms_per_query" in row else None,
                   "date": report.get("date", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
                   "source": f"dengen train {kind} (results in {config['out']}/results.json)"}
-        path = folder / f"{dataset}-{config['test_split']}-{safe_name(name)}.json"
+        path = folder / f"{dataset}-{split}-{safe_name(name)}.json"
         path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         written.append(path)
     return written
 
 
-def verify_reload(out: Path, index: Path, saved_run: Path, queries: dict[str, str], config: dict) -> dict:
-    """Load the saved index in a fresh process, search the first `verify_queries` evaluated queries,
-    and compare that run with the saved run of the same queries (scores exactly, as JSON floats)."""
+def rewrite_records(out: Path, kind: str, defaults: dict) -> dict:
+    """A recipe's `--records`: its leaderboard records again from out/results.json (recipe keys added since
+    a run take their `defaults`)."""
+    report = json.loads((Path(out) / "results.json").read_text(encoding="utf-8"))
+    report["config"] = {**defaults, **report["config"]}
+    for path in write_records(report, kind):
+        print(f"wrote {path}")
+    return report
+
+
+def verify_reload(out: Path, index: Path, saved_run: Path, queries: dict[str, str], config: dict,
+                  options: dict | None = None, name: str = "verify") -> dict:
+    """Load the saved index in a fresh process (with search `options` set), search the first `verify_queries`
+    evaluated queries, and compare that run with the saved run of the same queries (scores exactly, as JSON
+    floats). The verdict goes to out/<name>.json."""
     chosen = dict(list(queries.items())[: config["verify_queries"]])
     code = (  # the same torch thread count as the evaluation: reductions split differently round differently
         "import json,sys,torch; from retrieval import load_retriever; from training.generative_eval import run_digest;"
         "torch.set_num_threads(int(sys.argv[4])); r=load_retriever(sys.argv[1]); q=json.loads(open(sys.argv[2]).read());"
-        "print(run_digest(r.search(q, k=int(sys.argv[3]))))"
+        "r.set_search_options(**json.loads(sys.argv[5])); print(run_digest(r.search(q, k=int(sys.argv[3]))))"
     )
-    queries_file = out / "verify-queries.json"
+    queries_file = out / f"{name}-queries.json"
     queries_file.write_text(json.dumps(chosen), encoding="utf-8")
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", code, str(index), str(queries_file), str(config["depth"]),
-                             str(config["threads"])],
+                             str(config["threads"]), json.dumps(options or {})],
                             capture_output=True, text=True, check=True)
     fresh = result.stdout.strip().splitlines()[-1]
     saved = run_digest({q: load_run(saved_run)[q] for q in chosen})
     verdict = {"queries": len(chosen), "saved_run_sha256": saved, "reloaded_run_sha256": fresh,
                "identical": fresh == saved, "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(verdict, indent=2))
-    (out / "verify.json").write_text(json.dumps(verdict, indent=2), encoding="utf-8")
+    (out / f"{name}.json").write_text(json.dumps(verdict, indent=2), encoding="utf-8")
     if not verdict["identical"]:
         raise SystemExit(f"the reloaded index {index} returned a different run")
     return verdict

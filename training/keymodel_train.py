@@ -1,9 +1,12 @@
 """The one trainer of generative key models (SEAL, CorpusBrain, UGR): source text in, target tokens out."""
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -47,3 +50,20 @@ def train_keymodel(keymodel, examples: list[tuple[str, str]], config: dict, *, p
     return {"examples": len(examples), "device": device, "steps": step, "seconds": round(seconds, 1),
             "seconds_per_step": round(seconds / max(1, step), 3),
             "loss_first20": round(float(np.mean(losses[:20])), 4), "loss_last20": round(float(np.mean(losses[-20:])), 4)}
+
+
+def train_or_reuse(folder: Path, signature: str, start: Callable, examples: Callable[[], list], config: dict, *,
+                   desc: str, extra: dict | None = None) -> dict:
+    """Train `start()` (a new KeyModel) on `examples()` into `folder`, unless a model trained with this recipe
+    `signature` is there already (then it is reused). Returns the training record (keymodel-train.json):
+    the signature, `extra` (filled in by `examples()` if it likes) and `train_keymodel`'s numbers."""
+    info_path = Path(folder) / "keymodel-train.json"
+    if info_path.is_file() and json.loads(info_path.read_text())["signature"] == signature:
+        print(f"{folder}: trained with this recipe already, reusing it")
+        return json.loads(info_path.read_text())
+    keymodel = start()
+    pairs = examples()
+    info = {"signature": signature, **(extra or {}), **train_keymodel(keymodel, pairs, config, desc=desc)}
+    keymodel.save(folder)
+    info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")  # written last: the done marker
+    return info

@@ -271,7 +271,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m training.lexsembridge", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="dengen train lexsembridge", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="yaml: data, model, methods, epochs, lr, bridge_lr, temperature, out, ...")
     parser.add_argument("--verify", metavar="VARIANT", help="no training: reload out/VARIANT in this (new) process, "
                         "re-encode every query and compare the scores with results.json")

@@ -334,7 +334,7 @@ def load_config(path: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m training.matryoshka2d", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="dengen train matryoshka2d", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="yaml: model, dims, epochs, batch_size, lr, loss weights, out, ...")
     args = parser.parse_args(argv)
     config = load_config(args.config)

@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import json
 import math
 import random
 import time
 from pathlib import Path
 
-from training.generative_eval import (config_signature, evaluate_baselines, load_run, print_table, run_digest,
+from training.generative_eval import (config_signature, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
                                        sample_queries, save_run, timed_search, verify_reload, write_records)
-from training.keymodel_train import train_keymodel
+from training.keymodel_train import train_or_reuse
 from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
@@ -227,11 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     config = read_recipe(args.config, DEFAULTS)
     if args.records:
-        report = json.loads((Path(config["out"]) / "results.json").read_text(encoding="utf-8"))
-        report["config"] = {**DEFAULTS, **report["config"]}
-        for path in write_records(report, "seal"):
-            print(f"wrote {path}")
-        return report
+        return rewrite_records(Path(config["out"]), "seal", DEFAULTS)
 
     import torch
 
@@ -246,23 +241,20 @@ def main(argv: list[str] | None = None) -> dict:
         return verify_reload(out, out / "index", out / "runs" / "seal.json", queries, config)
 
     model_folder = out / "model"
-    signature = training_signature(config)
-    info_path = model_folder / "seal-train.json"
-    if info_path.is_file() and json.loads(info_path.read_text())["signature"] == signature:
-        info = json.loads(info_path.read_text())
-        print(f"{model_folder}: trained with this recipe already, reusing it")
-    else:
+    counts: dict = {}
+
+    def examples() -> list[tuple[str, str]]:
         rng = random.Random(config["seed"])
-        examples = []
+        pairs = []
         if config["train_split"]:
-            examples += supervised_examples(load_dataset(config["data"], config["train_split"]), config, rng)
-        supervised = len(examples)
-        examples += unsupervised_examples(test.corpus, config, rng)
-        keymodel = KeyModel.create(config["backbone"], seed=config["seed"])
-        info = {"signature": signature, "supervised_examples": supervised,
-                "unsupervised_examples": len(examples) - supervised, **train_keymodel(keymodel, examples, config, desc="seal train")}
-        keymodel.save(model_folder)
-        info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")  # written last: the done marker
+            pairs += supervised_examples(load_dataset(config["data"], config["train_split"]), config, rng)
+        counts["supervised_examples"] = len(pairs)
+        pairs += unsupervised_examples(test.corpus, config, rng)
+        counts["unsupervised_examples"] = len(pairs) - counts["supervised_examples"]
+        return pairs
+
+    info = train_or_reuse(model_folder, training_signature(config), lambda: KeyModel.create(config["backbone"], seed=config["seed"]),
+                          examples, config, desc="seal train", extra=counts)
 
     seal = build_retriever("seal", model=str(model_folder), **config["search"])
     seal.index(test.corpus)

@@ -254,7 +254,7 @@ def cached(cache: Path, name: str, texts: list[str], encode) -> tuple[np.ndarray
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m training.sitemb", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="dengen train sitemb", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="yaml: task, data, pool_docs, steps, residual_factor, out, ...")
     parser.add_argument("--verify", action="store_true", help="no training: load out/index-situated in this (new) "
                         "process, search the test queries and compare with out/run-situated.json")

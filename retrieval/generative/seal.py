@@ -103,13 +103,18 @@ class SEALRetriever(GenerativeRetriever):
     def rank(self, query: str, keys: dict[tuple[int, ...], float], k: int) -> dict[str, float]:
         """{doc id: score} of the top `k` documents for `query` given its keys (from `generate_keys`)."""
         first = self.keymodel.first_token_logprobs(f"{query} || body") if self.config["unigram_scores"] else None
-        top = sorted(self.score_keys(keys, first).items(), key=lambda item: -item[1])[:k]
-        return {self.doc_ids[doc]: float(score) for doc, score in top}
+        index, ids = self.ranked_units()
+        top = sorted(self.score_keys(keys, first, index).items(), key=lambda item: -item[1])[:k]
+        return {ids[doc]: float(score) for doc, score in top}
 
-    def score_keys(self, keys: dict[tuple[int, ...], float], first_logprobs=None) -> dict[int, float]:
+    def ranked_units(self) -> tuple:
+        """The index whose documents are ranked, and their ids (UGR ranks a finer view of the same index)."""
+        return self.fm, self.doc_ids
+
+    def score_keys(self, keys: dict[tuple[int, ...], float], first_logprobs, index) -> dict[int, float]:
         c = self.config
         return rank_documents(
-            keys, self.fm, unigram_logprobs=first_logprobs, alpha=c["alpha"], beta=c["beta"], smoothing=c["smoothing"],
+            keys, index, unigram_logprobs=first_logprobs, alpha=c["alpha"], beta=c["beta"], smoothing=c["smoothing"],
             max_hits=c["max_hits"], fully_score=c["fully_score"], single_key=c["single_key"],
             use_index_frequency=c["use_index_frequency"],
         )

@@ -1,0 +1,248 @@
+"""Train UGR's key models (one multi-task model per prompt design, and one model per task) and evaluate
+them at four granularities against BM25 and dense.
+
+1. Units and splits (`training.ugr_data`): SQuAD v1.1 dev pages and paragraphs, SciFact abstracts and
+   abstract sentences. SQuAD questions have no training split: a seeded `squad_train_fraction` of them
+   trains and the rest tests, the same questions at both SQuAD granularities. SciFact uses its own
+   train and test (dev) claims.
+2. Training examples: SEAL's supervised ones per granularity, from a seeded sample of `train_queries`
+   training queries, every source tagged with its task.
+3. Models, each trained for `epochs` over its examples:
+   - one multi-task model per design in `designs` ("discrete", "soft", "hybrid"): all four
+     granularities' examples mixed (`mix`), each source carrying its task's prompt;
+   - with `per_task: true`, one prompt-less model per granularity on that granularity's examples only,
+     so that each task's examples are seen as often as in a multi-task model.
+4. Indexes: one UGR index per corpus and model, shared by the two granularities of the corpus (SQuAD:
+   paragraphs and their pages; SciFact: sentences and their abstracts), one FM-index each.
+5. Evaluation on a seeded `test_sample` of each granularity's test queries: every model at every
+   granularity it was trained for, BM25 and dense on the same units; metrics from pytrec_eval, latency
+   per query; runs, results.json, a prompt-design table and leaderboard records.
+
+    dengen train ugr --config training/configs/ugr.yaml
+    dengen train ugr --config training/configs/ugr.yaml --verify   # reload the saved indexes in a new process
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import time
+from pathlib import Path
+
+from training.generative_eval import (config_signature, evaluate_baselines, load_run, run_digest, rewrite_records, sample_queries,
+                                       save_run, timed_search, verify_reload, write_records)
+from training.keymodel_train import train_or_reuse
+from training.recipe import read_recipe, write_results
+
+DEFAULTS = {
+    "data": "../shared/data",  # the shared data folder (squad-v1.1-dev, scifact, scifact-claims)
+    "granularities": ["page", "paragraph", "document", "sentence"],
+    "squad_train_fraction": 0.5,
+    "train_queries": 200,  # per granularity, a seeded sample of its training queries
+    "designs": ["discrete", "soft", "hybrid"],
+    "prompt_length": 10,
+    "per_task": True,
+    "mix": "proportional",  # "proportional": the union (each task as its data); "uniform": each task resampled to the largest
+    "backbone": "bert2bert",
+    "span_words": 10,  # SEAL's supervised examples (training/seal.py)
+    "supervised_spans": 3,
+    "temperature": 1.0,
+    "epochs": 1,
+    "max_steps": None,
+    "batch_size": 16,
+    "lr": 1e-4,
+    "warmup": 0.05,
+    "max_target_tokens": 32,
+    "seed": 0,
+    "threads": 2,
+    "device": "auto",
+    "search": {},  # SEAL search options for every UGR index (retrieval.generative.seal.SEARCH_DEFAULTS)
+    "test_sample": 50,  # per granularity (null: every test query)
+    "baselines": ["bm25", "dense:model=minilm,index=Flat"],
+    "verify_queries": 16,  # a multiple of the search batch size (batches pad queries together)
+    "depth": 100,
+    "ks": [1, 5, 10, 100],
+    "main_metric": "ndcg@10",
+    "out": "results/ugr",
+    "report": "results/ugr-report",
+}
+CORPORA = {"squad": ("paragraph", "page"), "scifact": ("sentence", "document")}  # name -> (units, parents)
+DATASET = {"page": "squad-v1.1-dev", "paragraph": "squad-v1.1-dev", "document": "scifact", "sentence": "scifact-claims"}
+TRAINING_KEYS = ["data", "squad_train_fraction", "train_queries", "prompt_length", "mix", "backbone", "span_words",
+                 "supervised_spans", "temperature", "epochs", "max_steps", "batch_size", "lr", "warmup",
+                 "max_target_tokens", "seed"]
+
+
+def corpus_of(granularity: str) -> str:
+    return next(name for name, pair in CORPORA.items() if granularity in pair)
+
+
+def load_units(config: dict) -> dict:
+    """{granularity: GranularityCorpus} with "train" and "test" splits; SQuAD's questions split seeded."""
+    from training.ugr_data import granularity_corpus
+
+    units = {g: granularity_corpus(g, config["data"]) for g in config["granularities"]}
+    squad = [g for g in ("page", "paragraph") if g in units]
+    if squad:  # SQuAD has test questions only: the same seeded share trains at both granularities
+        ids = sorted(set.intersection(*(set(units[g].splits["test"][0]) for g in squad)))
+        random.Random(config["seed"]).shuffle(ids)
+        cut = round(len(ids) * config["squad_train_fraction"])
+        for g in squad:
+            queries, qrels = units[g].splits["test"]
+            units[g].splits = {split: ({q: queries[q] for q in sorted(part)}, {q: qrels[q] for q in sorted(part)})
+                               for split, part in (("train", ids[:cut]), ("test", ids[cut:]))}
+    return units
+
+
+def training_examples(units: dict, config: dict) -> dict[str, list]:
+    """{granularity: tagged (source, target) pairs} from a seeded sample of `train_queries` training queries."""
+    from training.ugr_data import granularity_examples
+
+    examples = {}
+    for g, unit in units.items():
+        queries, qrels = unit.splits["train"]
+        chosen = sample_queries(queries, config["train_queries"], config["seed"])
+        sampled = dataclasses.replace(unit, splits={"train": (chosen, {q: qrels[q] for q in chosen})})
+        examples[g] = granularity_examples(sampled, "train", config, random.Random(config["seed"]))
+    return examples
+
+
+def train_models(out: Path, units: dict, config: dict) -> dict[str, dict]:
+    """Train (or reuse) every model; {model name: {"folder", "granularities", "design", "training"}}."""
+    from retrieval.generative.keymodel import KeyModel
+    from retrieval.generative.prompts import TaskPrompt
+    from training.ugr_data import multitask_examples
+
+    cache: dict = {}
+
+    def examples() -> dict[str, list]:  # built once, only if some model needs training
+        if not cache:
+            cache.update(training_examples(units, config))
+        return cache
+
+    def create(design: str):
+        def start():
+            km = KeyModel.create(config["backbone"], seed=config["seed"])
+            if design != "none":
+                TaskPrompt.create(km, design, length=config["prompt_length"]).attach(km)
+            return km
+        return start
+
+    plans = {f"multitask-{d}": (d, list(units)) for d in config["designs"]}
+    if config["per_task"]:
+        plans.update({f"single-{g}": ("none", [g]) for g in units})
+    models = {}
+    for name, (design, granularities) in plans.items():
+        folder = out / "models" / name
+        wanted = config_signature({**config, "design": design, "tasks": granularities}, TRAINING_KEYS + ["design", "tasks"])
+        counts: dict = {}
+
+        def mixed(granularities=granularities, counts=counts) -> list:
+            per_task = {g: examples()[g] for g in granularities}
+            counts.update({f"examples_{g}": len(e) for g, e in per_task.items()})
+            return multitask_examples(per_task, config["mix"], random.Random(config["seed"]))
+
+        info = train_or_reuse(folder, wanted, create(design), mixed, config, desc=f"ugr {name}", extra=counts)
+        models[name] = {"folder": folder, "design": design, "granularities": granularities, "training": info}
+    return models
+
+
+def evaluate(out: Path, units: dict, models: dict, tests: dict, config: dict) -> list[dict]:
+    """Rows: every model at each granularity it was trained for, then the baselines per granularity."""
+    from eval.metrics import evaluate_run
+    from indexes.manifest import folder_bytes
+    from retrieval import build_retriever, load_retriever
+
+    rows = []
+    for name, model in models.items():
+        for corpus, (unit_name, parent_name) in CORPORA.items():
+            wanted = [g for g in (unit_name, parent_name) if g in model["granularities"]]
+            if not wanted:
+                continue
+            built = build_retriever("ugr", model=str(model["folder"]), granularity=wanted[0], units=unit_name,
+                                    parents=parent_name if parent_name in units else None, **config["search"])
+            built.index(units[unit_name].corpus)
+            index = out / "indexes" / f"{name}-{corpus}"
+            built.save(index)
+            retriever = load_retriever(index)  # searched as a user would, from the saved folder
+            model_bytes = folder_bytes(index / "model")
+            for g in wanted:
+                retriever.set_search_options(granularity=g)
+                run, latency = timed_search(retriever, tests[g], config["depth"])
+                save_run(run, out / "runs" / f"{name}-{g}")
+                rows.append({"name": f"ugr-{name}", "dataset": DATASET[g], "split": f"ugr-{g}", "granularity": g,
+                             "queries": len(tests[g]), "options": {"granularity": g, "prompt": model["design"], "model": name},
+                             "metrics": evaluate_run(split_of(units[g], tests[g]).qrels, run, ks=config["ks"]),
+                             "ms_per_query": round(latency, 1), "index_bytes": folder_bytes(index) - model_bytes,
+                             "model_bytes": model_bytes, "build_seconds": round(built.build_seconds, 1)})
+    for g, unit in units.items():
+        for row in evaluate_baselines(split_of(unit, tests[g]), config, tests[g], out / "baselines" / g):
+            rows.append({**row, "dataset": DATASET[g], "split": f"ugr-{g}", "granularity": g, "queries": len(tests[g])})
+    return rows
+
+
+def split_of(unit, queries: dict[str, str]):
+    test = unit.split("test")
+    return dataclasses.replace(test, queries=queries, qrels={q: test.qrels[q] for q in queries})
+
+
+def design_table(report: dict) -> str:
+    """Markdown: the main metric and latency of every model and baseline at every granularity."""
+    config = report["config"]
+    metric, grans = config["main_metric"], config["granularities"]
+    cells: dict = {}
+    for row in report["rows"]:
+        cells.setdefault(row["name"], {})[row["granularity"]] = row
+    lines = ["| retriever | " + " | ".join(f"{g} {metric}" for g in grans) + " | " + " | ".join(f"{g} ms/q" for g in grans) + " |",
+             "|---|" + "---:|" * (2 * len(grans))]
+    for name, by_g in cells.items():
+        scores = [f"{by_g[g]['metrics'][metric]:.4f}" if g in by_g else "" for g in grans]
+        latency = [f"{by_g[g]['ms_per_query']:.1f}" if g in by_g else "" for g in grans]
+        lines.append(f"| {name} | " + " | ".join(scores) + " | " + " | ".join(latency) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="dengen train ugr", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--verify", action="store_true", help="reload the saved indexes in a new process and compare runs")
+    parser.add_argument("--records", action="store_true", help="(re)write the leaderboard records from results.json")
+    args = parser.parse_args(argv)
+    config = read_recipe(args.config, DEFAULTS)
+    config["test_split"] = "test"
+    out = Path(config["out"])
+    if args.records:
+        return rewrite_records(out, "ugr", DEFAULTS)
+
+    import torch
+
+    torch.set_num_threads(config["threads"])
+    units = load_units(config)
+    tests = {g: sample_queries(u.splits["test"][0], config["test_sample"], config["seed"]) for g, u in units.items()}
+    if args.verify:  # the first multi-task model (or per-task models), every granularity, from its saved index
+        verdicts = {}
+        for name in ([f"multitask-{config['designs'][0]}"] if config["designs"] else [f"single-{g}" for g in units]):
+            for g in units:
+                index = out / "indexes" / f"{name}-{corpus_of(g)}"
+                if index.is_dir() and (out / "runs" / f"{name}-{g}.json").is_file():
+                    verdicts[f"{name}-{g}"] = verify_reload(out, index, out / "runs" / f"{name}-{g}.json", tests[g], config,
+                                                            options={"granularity": g}, name=f"verify-{name}-{g}")
+        return verdicts
+
+    models = train_models(out, units, config)
+    rows = evaluate(out, units, models, tests, config)
+    report = {"config": config, "training": {n: m["training"] for n, m in models.items()},
+              "queries": {g: len(q) for g, q in tests.items()}, "rows": rows,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "run_sha256": {r["name"] + "-" + r["granularity"]: run_digest(load_run(out / "runs" / f"{r['name'][4:]}-{r['granularity']}.json"))
+                             for r in rows if r["name"].startswith("ugr-")}}
+    write_results(out, report)
+    write_records(report, "ugr")
+    table = design_table(report)
+    (out / "designs.md").write_text(table, encoding="utf-8")
+    print(table)
+    return report
+
+
+if __name__ == "__main__":
+    main()
