@@ -31,6 +31,8 @@ def label(description: dict) -> str:
         name = f"dense-{Path(str(description['model'])).name}-{description['index']}"
         # 2D Matryoshka sub-models of one model must not share a result file
         name += "".join(f"-{key[0].upper()}{description[key]}" for key in ("layers", "dim") if description.get(key))
+        if description.get("backend", "torch") != "torch":  # ONNX (int8) vectors differ: their own result file
+            name += f"-{description['backend']}" + (f"-{description['quantize']}" if description.get("quantize") else "")
     elif kind == "bm25":
         name = f"bm25-{description['fields']}" if description.get("fields", "flat") != "flat" else "bm25"
     elif kind == "hybrid":

@@ -125,6 +125,10 @@ class FMIndex:
                 return (0, 0)
         return rows
 
+    def rows_count(self, row_range: tuple[int, int]) -> int:
+        """Occurrences behind a row range (a sharded index sums its shards' ranges)."""
+        return max(0, row_range[1] - row_range[0])
+
     def count(self, ngram: Sequence[int]) -> int:
         """Occurrences of `ngram` in the corpus (the empty n-gram counts every token position)."""
         if len(ngram) == 0:

@@ -1,6 +1,7 @@
 """Dense retrieval: an encoder's document vectors in a faiss index, searched by inner product."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,16 @@ class DenseRetriever(Retriever):
         index: faiss factory string: "Flat" (exact), "HNSW32", "IVF256,Flat", "IVF256,PQ32", ...
         search_params: faiss search-time parameters, e.g. {"efSearch": 128} or {"nprobe": 16}.
         batch_size, query_prefix, doc_prefix, max_length: passed to the encoder.
+        backend: "torch" (sentence-transformers) or "onnx" (onnxruntime; retrieval.dense.onnx_backend): the
+            exported model is cached, and copied into a saved index's `onnx/` folder.
+        quantize: with backend "onnx", None (fp32) or "int8" (dynamic quantisation).
         mmap: memory-map Flat codes when loading a saved index.
 
     Example:
         >>> r = DenseRetriever(model="minilm", index="HNSW32")
         >>> r.index(corpus); r.save("runs/minilm-hnsw")
         >>> DenseRetriever(model="results/2dmse/model", layers=3, dim=128)  # a smaller, faster sub-model
+        >>> DenseRetriever(model="minilm", backend="onnx", quantize="int8")  # onnxruntime on the CPU
     """
 
     kind = "dense"
@@ -45,14 +50,24 @@ class DenseRetriever(Retriever):
         max_length: int | None = None,
         layers: int | None = None,
         dim: int | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
         mmap: bool = True,
     ):
+        from retrieval.dense.onnx_backend import BACKENDS, QUANTIZE
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+        if quantize not in QUANTIZE or (quantize and backend != "onnx"):
+            raise ValueError(f"quantize={quantize!r}: 'int8' needs backend='onnx'; None is fp32")
         super().__init__(
             model=model, index=index, search_params=search_params or {}, batch_size=batch_size,
             query_prefix=query_prefix, doc_prefix=doc_prefix, max_length=max_length,
             **{k: v for k, v in (("layers", layers), ("dim", dim)) if v is not None},
+            **({"backend": backend, "quantize": quantize} if backend != "torch" else {}),
         )
         self.mmap = mmap
+        self._onnx_file: Path | None = None  # a loaded index's exported model
         self._encoder = None
         self._faiss = None
         self._doc_ids: list[str] = []
@@ -69,6 +84,10 @@ class DenseRetriever(Retriever):
                 from retrieval.dense.matryoshka2d import Matryoshka2dEncoder
 
                 encoder = Matryoshka2dEncoder(encoder, layers=c.get("layers"), dim=c.get("dim"))
+            if c.get("backend") == "onnx":
+                from retrieval.dense.onnx_backend import use_onnx
+
+                encoder = use_onnx(encoder, quantize=c.get("quantize"), onnx_file=self._onnx_file)
             self._encoder = encoder
         return self._encoder
 
@@ -98,10 +117,19 @@ class DenseRetriever(Retriever):
     def _save_files(self, folder: Path) -> dict:
         save_index(self._faiss, folder / "vectors.faiss")
         self._write_docstore(folder)
+        extra = {}
+        if self.config.get("backend") == "onnx":  # the exported model travels with the index
+            from retrieval.dense.onnx_backend import onnx_file
+
+            name = f"onnx/model{'-' + self.config['quantize'] if self.config.get('quantize') else ''}.onnx"
+            (folder / "onnx").mkdir()
+            shutil.copyfile(onnx_file(self.encoder), folder / name)
+            extra["onnx"] = {"file": name, "quantize": self.config.get("quantize"), "layers": self.config.get("layers")}
         return {
             "engine": "faiss",
             "model": {"name": self.config["model"], "sha256": self._model_fingerprint()},
             "dims": int(self._faiss.d),
+            **extra,
         }
 
     def _load_files(self, folder: Path, manifest: dict) -> None:
@@ -111,6 +139,8 @@ class DenseRetriever(Retriever):
                 f"{folder}: built with model {manifest['model']['name']!r} whose weights hash {recorded[:12]}..., "
                 f"but the installed model hashes {installed[:12]}...: re-index with this model"
             )
+        if "onnx" in manifest:
+            self._onnx_file = folder / manifest["onnx"]["file"]
         faiss_index = load_index(folder / "vectors.faiss", mmap=self.mmap)
         doc_ids = read_docids(folder)
         if faiss_index.ntotal != len(doc_ids) or faiss_index.ntotal != manifest["doc_count"]:

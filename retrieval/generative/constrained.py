@@ -20,7 +20,7 @@ class IndexConstraint:
     """Allowed next tokens of a generated prefix under an FM-index.
 
     Args:
-        index: the corpus FM-index (token ids of the model's tokenizer).
+        index: the corpus FM-index (token ids of the model's tokenizer), or a ShardedFMIndex.
         eos_id: end-of-sequence id; allowed only where the corpus has it next (e.g. after a title) or
             when `allow_eos`, and forced when nothing else may follow.
         force_prefix: tokens the n-gram must start with, not generated (e.g. `[FMIndex.BOUNDARY]`).
@@ -37,10 +37,10 @@ class IndexConstraint:
         self.allow_eos = allow_eos
         self.vocab_size = vocab_size
         self.force_prefix = tuple(force_prefix)
-        self._rows: dict[tuple[int, ...], tuple[int, int]] = {(): index.range(self.force_prefix)}
+        self._rows: dict[tuple[int, ...], tuple] = {(): index.range(self.force_prefix)}
         self._allowed: dict[tuple[int, ...], list[int]] = {}
 
-    def rows(self, prefix: tuple[int, ...]) -> tuple[int, int]:
+    def rows(self, prefix: tuple[int, ...]) -> tuple:
         """FM-index rows of force_prefix + prefix, extending the cached rows of its parent by one token."""
         found = self._rows.get(prefix)
         if found is None:
@@ -59,10 +59,10 @@ class IndexConstraint:
         return allowed
 
     def _next(self, prefix: tuple[int, ...]) -> list[int]:
-        low, high = self.rows(prefix)
-        if prefix and self.stop_at_count and high - low <= self.stop_at_count:
+        rows = self.rows(prefix)
+        if prefix and self.stop_at_count and self.index.rows_count(rows) <= self.stop_at_count:
             return [self.eos_id]
-        tokens = [t for t in self.index.next_tokens((), row_range=(low, high))
+        tokens = [t for t in self.index.next_tokens((), row_range=rows)
                   if self.vocab_size is None or t < self.vocab_size]
         if self.allow_eos and self.eos_id not in tokens:
             tokens.append(self.eos_id)
