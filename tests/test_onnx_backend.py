@@ -103,6 +103,10 @@ def test_refusals(cache, minilm):
 
     with pytest.raises(ValueError, match="EncoderWrapper runs its own torch code"):
         use_onnx(EncoderWrapper(minilm))
+    from retrieval.dense.onnx_backend import onnx_file
+
+    with pytest.raises(ValueError, match="does not run an ONNX model"):
+        onnx_file(EncoderWrapper(minilm))
 
 
 def test_an_interrupted_export_leaves_no_cached_model(tmp_path, monkeypatch, minilm):

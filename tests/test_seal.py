@@ -282,6 +282,53 @@ def test_training_lowers_the_loss(keymodel):
     assert info["steps"] == 15 and after < before - 1.0
 
 
+def test_a_model_trained_with_the_same_recipe_signature_is_reused(tmp_path):
+    """train_or_reuse trains and writes its record last; the same signature reuses the folder without
+    building examples or a model; another signature trains again."""
+    from training.keymodel_train import train_or_reuse
+    from training.seal import DEFAULTS
+
+    calls = []
+
+    def start():
+        calls.append("model")
+        return tiny_keymodel()
+
+    def examples():
+        calls.append("examples")
+        return [("what causes scurvy || body", "vitamin c")] * 4
+
+    config = {**DEFAULTS, "max_steps": 2, "batch_size": 2}
+    first = train_or_reuse(tmp_path / "m", "sig-a", start, examples, config, desc="t", extra={"stage": "x"})
+    assert calls == ["model", "examples"] and first["signature"] == "sig-a" and first["stage"] == "x" and first["steps"] == 2
+    assert (tmp_path / "m" / "keymodel-train.json").is_file()
+    assert train_or_reuse(tmp_path / "m", "sig-a", start, examples, config, desc="t") == first
+    assert calls == ["model", "examples"]
+    train_or_reuse(tmp_path / "m", "sig-b", start, examples, config, desc="t")
+    assert calls == ["model", "examples"] * 2
+
+
+def test_records_are_rewritten_from_results_with_defaults_for_new_keys(tmp_path):
+    """--records: one record per row, a row's own dataset/split winning over the recipe's."""
+    import json
+
+    from training.generative_eval import rewrite_records
+
+    report = {"config": {"data": "x/scifact", "test_split": "test", "backbone": "bert2bert", "out": str(tmp_path),
+                         "report": str(tmp_path / "report"), "search": {}},
+              "queries": 3, "date": "2026-11-27",
+              "rows": [{"name": "seal", "metrics": {"ndcg@10": 0.1}, "ms_per_query": 5.0},
+                       {"name": "bm25", "dataset": "squad-v1.1-dev", "split": "ugr-page", "queries": 2,
+                        "metrics": {"ndcg@10": 0.9}}]}
+    (tmp_path / "results.json").write_text(json.dumps(report))
+    again = rewrite_records(tmp_path, "seal", {"main_metric": "ndcg@10", "extra_default": 1})
+    assert again["config"]["main_metric"] == "ndcg@10" and again["config"]["extra_default"] == 1
+    written = sorted(p.name for p in (tmp_path / "report").iterdir())
+    assert written == ["scifact-test-seal-bert2bert.json", "squad-v1.1-dev-ugr-page-bm25.json"]
+    bm25 = json.loads((tmp_path / "report" / "squad-v1.1-dev-ugr-page-bm25.json").read_text())
+    assert bm25["num_queries"] == 2 and bm25["split"] == "ugr-page" and bm25["latency_ms"] is None
+
+
 # ---------------------------------------------------------------- the recipe, end to end (real model)
 
 

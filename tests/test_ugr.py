@@ -269,6 +269,16 @@ def test_granularity_corpora_counts_and_qrels():
         for qid, relevant in sentence_split.qrels.items():
             assert sentence_split.queries[qid] == document_split.queries[qid]  # BEIR ids are claim ids
             assert {s.split("#s")[0] for s in relevant} <= set(document_split.qrels[qid])
+    # the shared index rests on this: a page is its paragraphs joined by a blank line, an abstract its sentences
+    # joined by a space, and tokenising the parts gives the whole's tokens (checked on every page, 200 abstracts)
+    km = tiny_keymodel()
+    for parents, units, sep, sample in ((pages, paragraphs, "\n\n", None), (documents, sentences, " ", 200)):
+        members: dict = {}
+        for unit in units.corpus:
+            members.setdefault(unit.id.rsplit("#", 1)[0], []).append(unit.text)
+        assert all(sep.join(members[d.id]) == d.text for d in parents.corpus)
+        for d in list(parents.corpus)[:sample]:
+            assert [t for text in members[d.id] for t in km.tokens(text)] == km.tokens(d.text), d.id
     assert sentences.task == "sentence" and paragraphs.task == "passage" and pages.task == documents.task == "document"
     with pytest.raises(ValueError, match="no 'train' split"):
         pages.split("train")

@@ -14,13 +14,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import random
 import time
 from pathlib import Path
 
-from training.generative_eval import (config_signature, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
+from training.generative_eval import (config_signature, recipe_args, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
                                        sample_queries, save_run, timed_search, verify_reload, write_records)
 from training.keymodel_train import train_or_reuse
 from training.recipe import read_recipe, write_results
@@ -151,11 +150,7 @@ def evaluate(out: Path, dataset, test: dict[str, str], config: dict, stages: lis
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="dengen train corpusbrain", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--verify", action="store_true", help="reload the saved index in a new process and compare runs")
-    parser.add_argument("--records", action="store_true", help="(re)write the leaderboard records from results.json")
-    args = parser.parse_args(argv)
+    args = recipe_args("corpusbrain", __doc__, argv)
     config = read_recipe(args.config, DEFAULTS)
     config["test_split"] = config["split"]  # the records' split
     out = Path(config["out"])

@@ -11,6 +11,17 @@ import time
 from pathlib import Path
 
 
+def recipe_args(kind: str, doc: str, argv: list[str] | None):
+    """The arguments every generative recipe takes: --config, --verify, --records."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"dengen train {kind}", description=doc.split("\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--verify", action="store_true", help="reload the saved index(es) in a new process and compare runs")
+    parser.add_argument("--records", action="store_true", help="(re)write the leaderboard records from results.json")
+    return parser.parse_args(argv)
+
+
 def sample_queries(queries: dict[str, str], n: int | None, seed: int) -> dict[str, str]:
     """A seeded sample of `n` queries in id order (all of them when n is None or not smaller)."""
     if not n or n >= len(queries):

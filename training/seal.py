@@ -16,7 +16,6 @@ Every target ends with the model's eos (the title terminator in the index stream
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import math
@@ -24,7 +23,7 @@ import random
 import time
 from pathlib import Path
 
-from training.generative_eval import (config_signature, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
+from training.generative_eval import (config_signature, recipe_args, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
                                        sample_queries, save_run, timed_search, verify_reload, write_records)
 from training.keymodel_train import train_or_reuse
 from training.recipe import read_recipe, write_results
@@ -219,11 +218,7 @@ def training_signature(config: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="dengen train seal", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--verify", action="store_true", help="reload the saved index in a new process and compare runs")
-    parser.add_argument("--records", action="store_true", help="(re)write the leaderboard records from results.json")
-    args = parser.parse_args(argv)
+    args = recipe_args("seal", __doc__, argv)
     config = read_recipe(args.config, DEFAULTS)
     if args.records:
         return rewrite_records(Path(config["out"]), "seal", DEFAULTS)

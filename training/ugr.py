@@ -23,13 +23,12 @@ them at four granularities against BM25 and dense.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import random
 import time
 from pathlib import Path
 
-from training.generative_eval import (config_signature, evaluate_baselines, load_run, run_digest, rewrite_records, sample_queries,
+from training.generative_eval import (config_signature, recipe_args, evaluate_baselines, load_run, run_digest, rewrite_records, sample_queries,
                                        save_run, timed_search, verify_reload, write_records)
 from training.keymodel_train import train_or_reuse
 from training.recipe import read_recipe, write_results
@@ -148,7 +147,8 @@ def train_models(out: Path, units: dict, config: dict) -> dict[str, dict]:
 
 
 def evaluate(out: Path, units: dict, models: dict, tests: dict, config: dict) -> list[dict]:
-    """Rows: every model at each granularity it was trained for, then the baselines per granularity."""
+    """Rows: every model at each granularity it was trained for, then the baselines per granularity.
+    `tests`: {granularity: the sampled test Dataset}."""
     from eval.metrics import evaluate_run
     from indexes.manifest import folder_bytes
     from retrieval import build_retriever, load_retriever
@@ -168,22 +168,31 @@ def evaluate(out: Path, units: dict, models: dict, tests: dict, config: dict) ->
             model_bytes = folder_bytes(index / "model")
             for g in wanted:
                 retriever.set_search_options(granularity=g)
-                run, latency = timed_search(retriever, tests[g], config["depth"])
-                save_run(run, out / "runs" / f"{name}-{g}")
+                run, latency = timed_search(retriever, tests[g].queries, config["depth"])
+                save_run(run, run_stem(out, name, g))
                 rows.append({"name": f"ugr-{name}", "dataset": DATASET[g], "split": f"ugr-{g}", "granularity": g,
-                             "queries": len(tests[g]), "options": {"granularity": g, "prompt": model["design"], "model": name},
-                             "metrics": evaluate_run(split_of(units[g], tests[g]).qrels, run, ks=config["ks"]),
+                             "queries": len(tests[g].queries), "options": {"granularity": g, "prompt": model["design"], "model": name},
+                             "metrics": evaluate_run(tests[g].qrels, run, ks=config["ks"]),
                              "ms_per_query": round(latency, 1), "index_bytes": folder_bytes(index) - model_bytes,
                              "model_bytes": model_bytes, "build_seconds": round(built.build_seconds, 1)})
-    for g, unit in units.items():
-        for row in evaluate_baselines(split_of(unit, tests[g]), config, tests[g], out / "baselines" / g):
-            rows.append({**row, "dataset": DATASET[g], "split": f"ugr-{g}", "granularity": g, "queries": len(tests[g])})
+    for g, test in tests.items():
+        for row in evaluate_baselines(test, config, test.queries, out / "baselines" / g):
+            rows.append({**row, "dataset": DATASET[g], "split": f"ugr-{g}", "granularity": g, "queries": len(test.queries)})
     return rows
 
 
-def split_of(unit, queries: dict[str, str]):
-    test = unit.split("test")
-    return dataclasses.replace(test, queries=queries, qrels={q: test.qrels[q] for q in queries})
+def sampled_tests(units: dict, config: dict) -> dict:
+    """{granularity: its test Dataset cut to a seeded sample of `test_sample` queries}."""
+    tests = {}
+    for g, unit in units.items():
+        test = unit.split("test")
+        queries = sample_queries(test.queries, config["test_sample"], config["seed"])
+        tests[g] = dataclasses.replace(test, queries=queries, qrels={q: test.qrels[q] for q in queries})
+    return tests
+
+
+def run_stem(out: Path, model: str, granularity: str) -> Path:
+    return out / "runs" / f"{model}-{granularity}"
 
 
 def design_table(report: dict) -> str:
@@ -203,11 +212,7 @@ def design_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="dengen train ugr", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--verify", action="store_true", help="reload the saved indexes in a new process and compare runs")
-    parser.add_argument("--records", action="store_true", help="(re)write the leaderboard records from results.json")
-    args = parser.parse_args(argv)
+    args = recipe_args("ugr", __doc__, argv)
     config = read_recipe(args.config, DEFAULTS)
     config["test_split"] = "test"
     out = Path(config["out"])
@@ -218,23 +223,24 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(config["threads"])
     units = load_units(config)
-    tests = {g: sample_queries(u.splits["test"][0], config["test_sample"], config["seed"]) for g, u in units.items()}
+    tests = sampled_tests(units, config)
     if args.verify:  # the first multi-task model (or per-task models), every granularity, from its saved index
         verdicts = {}
         for name in ([f"multitask-{config['designs'][0]}"] if config["designs"] else [f"single-{g}" for g in units]):
             for g in units:
-                index = out / "indexes" / f"{name}-{corpus_of(g)}"
-                if index.is_dir() and (out / "runs" / f"{name}-{g}.json").is_file():
-                    verdicts[f"{name}-{g}"] = verify_reload(out, index, out / "runs" / f"{name}-{g}.json", tests[g], config,
+                index, saved = out / "indexes" / f"{name}-{corpus_of(g)}", run_stem(out, name, g).with_suffix(".json")
+                if index.is_dir() and saved.is_file():
+                    verdicts[f"{name}-{g}"] = verify_reload(out, index, saved, tests[g].queries, config,
                                                             options={"granularity": g}, name=f"verify-{name}-{g}")
         return verdicts
 
     models = train_models(out, units, config)
     rows = evaluate(out, units, models, tests, config)
     report = {"config": config, "training": {n: m["training"] for n, m in models.items()},
-              "queries": {g: len(q) for g, q in tests.items()}, "rows": rows,
+              "queries": {g: len(t.queries) for g, t in tests.items()}, "rows": rows,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "run_sha256": {r["name"] + "-" + r["granularity"]: run_digest(load_run(out / "runs" / f"{r['name'][4:]}-{r['granularity']}.json"))
+              "run_sha256": {f"{r['name']}-{r['granularity']}":
+                             run_digest(load_run(run_stem(out, r["options"]["model"], r["granularity"]).with_suffix(".json")))
                              for r in rows if r["name"].startswith("ugr-")}}
     write_results(out, report)
     write_records(report, "ugr")

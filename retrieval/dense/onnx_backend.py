@@ -68,7 +68,7 @@ def quantize_int8(source: Path, path: Path) -> Path:
 
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     # per-channel scales: one scale per weight matrix gave MiniLM cosines to torch of 0.88-0.97 on
-    # ordinary sentences, per output channel 0.985-0.995 (docs/onnx.md)
+    # ordinary sentences, per output channel 0.985-0.995 (an ad-hoc check, docs/onnx.md)
     quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
     tmp.replace(path)
     return path

@@ -81,9 +81,13 @@ class SEALRetriever(GenerativeRetriever):
         body = km.tokens(text)
         return km.tokens(title) + [km.eos_id] + body if self.uses_titles else body
 
-    def _index(self, corpus: Corpus) -> None:
+    def decide_titles(self, corpus: Corpus) -> None:
+        """Store titles in the stream when configured, or ("auto") when the corpus has any."""
         titles = self.config["titles"]
         self.uses_titles = any(d.title.strip() for d in corpus) if titles == "auto" else bool(titles)
+
+    def _index(self, corpus: Corpus) -> None:
+        self.decide_titles(corpus)
         docs = (self.doc_stream(d.title, d.text) for d in tqdm(corpus, desc="SEAL tokenising", unit="doc", mininterval=1.0))
         self.fm = FMIndex.build(docs)
         self.doc_ids = list(corpus.ids)

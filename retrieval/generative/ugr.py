@@ -102,15 +102,14 @@ class UGRRetriever(SEALRetriever):
             self.view, self.parent_ids = None, []
             return
         groups = parent_groups(corpus)
-        titles = self.config["titles"]
-        self.uses_titles = any(d.title.strip() for d in corpus) if titles == "auto" else bool(titles)
+        self.decide_titles(corpus)
         km = self.keymodel
         starts, ends, docs = [], [], []
 
         def streams():
             position = 0
             for number, (_, members) in enumerate(tqdm(groups, desc="UGR tokenising", unit="parent", mininterval=1.0)):
-                stream = km.tokens(members[0].title) + [km.eos_id] if self.uses_titles else []
+                stream = self.doc_stream(members[0].title, "")  # the header: title, eos (or nothing)
                 for unit in members:
                     starts.append(position + len(stream))
                     stream += km.tokens(unit.text)
