@@ -1,26 +1,54 @@
-"""Vector storage and search on faiss: build from a factory string, save, load memory-mapped."""
+"""Vector storage and search on faiss: build from a factory string, save, load memory-mapped; shards of
+contiguous rows joined by faiss's own `IndexShards` (searched in parallel threads, top-k merged)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 ADD_BATCH = 65536
+TRAIN_SIZE = 262144  # vectors an IVF/PQ index is trained on when built from a stream (>= 256 per list for 1024 lists)
 
 
 def build_index(vectors: np.ndarray, factory: str = "Flat", metric: str = "ip"):
     """A faiss index over `vectors` (n x d float32), trained on them first when the type needs it
     (IVF, PQ). `metric` is "ip" (inner product; cosine on normalised vectors) or "l2"."""
+    chunks = (vectors[start : start + ADD_BATCH] for start in range(0, len(vectors), ADD_BATCH))
+    return build_index_streamed(chunks, factory, metric, train_size=len(vectors))
+
+
+def build_index_streamed(chunks: Iterable[np.ndarray], factory: str = "Flat", metric: str = "ip",
+                         train_size: int = TRAIN_SIZE):
+    """A faiss index over vectors that arrive in chunks and are dropped once added, so the vectors of a
+    corpus larger than memory never need to be held at once. A type that needs training (IVF, PQ) is trained
+    on the first `train_size` vectors (kept until then), as faiss's own out-of-core recipes do."""
     import faiss
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    metric_type = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[metric]
-    index = faiss.index_factory(vectors.shape[1], factory, metric_type)
-    if not index.is_trained:
-        index.train(vectors)
+    index, pending = None, []
+    for chunk in chunks:
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        if index is None:
+            index = faiss.index_factory(chunk.shape[1], factory, {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[metric])
+        if index.is_trained:
+            index.add(chunk)
+            continue
+        pending.append(chunk)
+        if sum(map(len, pending)) >= train_size:
+            _train_and_add(index, pending)
+            pending = []
+    if index is None:
+        raise ValueError("no vectors to index")
+    if pending:
+        _train_and_add(index, pending)
+    return index
+
+
+def _train_and_add(index, chunks: list[np.ndarray]) -> None:
+    vectors = np.concatenate(chunks)
+    index.train(vectors)
     for start in range(0, len(vectors), ADD_BATCH):
         index.add(vectors[start : start + ADD_BATCH])
-    return index
 
 
 def set_search_params(index, params: dict) -> None:
@@ -38,12 +66,19 @@ def save_index(index, path: str | Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def load_index(path: str | Path, mmap: bool = True):
-    """Read an index; flat codes (Flat, and the codes of IVF-Flat/PQ) are memory-mapped, not copied,
-    when `mmap` is set, so loading is instant and pages come from the OS cache."""
+def load_index(path: str | Path, mmap: bool = True, inverted_lists: bool = False):
+    """Read an index; with `mmap` its codes stay on disk and pages come from the OS cache, so loading is
+    instant and an index larger than memory can be searched: flat codes (Flat, HNSW's storage) are
+    memory-mapped, and an IVF index (`inverted_lists=True`: IVF-Flat, IVF-PQ) reads its inverted lists
+    through faiss's OnDiskInvertedLists over the same file."""
     import faiss
 
-    flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    if not mmap:
+        flags = 0
+    elif inverted_lists:
+        flags = faiss.IO_FLAG_MMAP  # the lists as OnDiskInvertedLists, mapped read-only from `path`
+    else:
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
     return faiss.read_index(str(path), flags)
 
 
@@ -51,3 +86,33 @@ def search_index(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     """(scores, positions), each n x k; positions are -1 where fewer than k vectors exist."""
     k = min(k, index.ntotal)
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
+    """`shards` contiguous (start, end) row ranges of near-equal size covering 0..n."""
+    if not 1 <= shards <= n:
+        raise ValueError(f"shards={shards}: choose 1..{n} (one shard needs at least one vector)")
+    cuts = [n * i // shards for i in range(shards + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def join_shards(shards: list):
+    """One searchable index over shards of successive rows: faiss.IndexShards searches every shard in its
+    own thread and merges their top-k, numbering rows shard after shard (so positions stay corpus order).
+    For exact (Flat) shards the merged top-k equals one Flat index's."""
+    import faiss
+
+    joined = faiss.IndexShards(shards[0].d, True, True)  # threaded, successive ids
+    for shard in shards:
+        joined.add_shard(shard)  # the Python wrapper keeps a reference to each shard
+    joined.metric_type = shards[0].metric_type
+    return joined
+
+
+def shard_list(index) -> list:
+    """The shards of a joined index, or [index] for a plain one."""
+    import faiss
+
+    if isinstance(index, faiss.IndexShards):
+        return [faiss.downcast_index(index.at(i)) for i in range(index.count())]
+    return [index]

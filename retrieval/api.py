@@ -43,6 +43,7 @@ class Retriever(ABC):
     """
 
     kind: ClassVar[str]
+    engines: ClassVar[tuple[str, ...]] = ("local",)  # where `index` can run; retrievers with more take engine=
 
     def __init__(self, **config):
         self.config = config
@@ -53,12 +54,25 @@ class Retriever(ABC):
         self._corpus: Corpus | None = None  # the corpus of a freshly built index
 
     # ------------------------------------------------------------ public API
-    def index(self, corpus: Corpus) -> None:
-        """Index a corpus (replacing anything indexed before)."""
+    def index(self, corpus: Corpus, engine: str = "local", **engine_options) -> None:
+        """Index a corpus (replacing anything indexed before).
+
+        engine: "local" (this process) or "ray" (a Ray cluster, or a local Ray; retrievers whose `engines`
+        name it). engine_options go to the retriever's `_index`, e.g. shards=4, workers=8, ray_address=...
+        """
         if len(corpus) == 0:
             raise ValueError("cannot index an empty corpus")
+        distributed = len(self.engines) > 1
+        if engine not in self.engines:
+            raise ValueError(f"engine={engine!r}: a {self.kind} retriever indexes with engine {' or '.join(map(repr, self.engines))}")
+        if engine_options and not distributed:
+            raise ValueError(f"a {self.kind} retriever indexes in this process only, without options "
+                             f"({', '.join(engine_options)}); engine='ray' and shards= are options of dense retrievers")
         start = time.perf_counter()
-        self._index(corpus)
+        if distributed:
+            self._index(corpus, engine=engine, **engine_options)
+        else:
+            self._index(corpus)
         self.build_seconds = time.perf_counter() - start
         self.doc_count = len(corpus)
         self._corpus = corpus

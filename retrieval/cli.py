@@ -26,9 +26,11 @@ def cmd_index_build(args) -> None:
     from retrieval.data import load_corpus
     from retrieval.spec import parse_spec
 
-    corpus = load_corpus(args.data)
+    corpus = load_corpus(args.data, stream=args.stream)
     retriever = parse_spec(args.retriever)
-    retriever.index(corpus)
+    options = {name: value for name, value in (("shards", args.shards), ("workers", args.workers),
+                                               ("ray_address", args.ray_address)) if value is not None}
+    retriever.index(corpus, engine=args.engine, **options)
     retriever.save(args.out)
     print(f"indexed {retriever.doc_count} documents in {retriever.build_seconds:.1f} s -> {args.out}")
 
@@ -151,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--data", required=True, help="corpus: a BEIR folder or a jsonl/tsv file")
     build.add_argument("--retriever", required=True, help=SPEC_HELP)
     build.add_argument("--out", required=True, help="folder to save the index in")
+    build.add_argument("--stream", action="store_true",
+                       help="leave the corpus on disk and index it in chunks (corpora larger than memory; dense: "
+                            "one faiss index, IVF/PQ trained on the first 262,144 documents)")
+    build.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="where dense documents are encoded: this process, or Ray Data actors (docs/ray.md)")
+    build.add_argument("--ray-address", help="with --engine ray: the cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    build.add_argument("--workers", type=int, help="with --engine ray: encoder actors (default: one per CPU)")
+    build.add_argument("--shards", type=int, help="dense: faiss shards of successive documents, searched in parallel "
+                                                  "(default 1; with --engine ray one per worker)")
     build.set_defaults(func=cmd_index_build)
 
     search = sub.add_parser("search", help="search a saved index")

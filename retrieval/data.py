@@ -97,15 +97,18 @@ def _open_text(path: Path):
 def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
     with _open_text(path) as lines:
         for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(path, lineno, None, f"not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(path, lineno, None, f"expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
+            if line.strip():
+                yield lineno, json_record(line, path, lineno)
+
+
+def json_record(line: str, path: Path, lineno: int) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(path, lineno, None, f"not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(path, lineno, None, f"expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -150,39 +153,108 @@ def _is_header(first_col: str) -> bool:
 # ---------------------------------------------------------------- corpus
 
 
-def load_corpus(path: str | Path) -> Corpus:
-    """Read a corpus from a BEIR folder or a jsonl(.gz) / tsv file."""
+def corpus_file(path: str | Path) -> Path:
+    """The corpus file of a BEIR folder, or `path` itself."""
     path = Path(path)
     if path.is_dir():
-        path = _find(path, ["corpus.jsonl", "corpus.jsonl.gz", "corpus.tsv", "corpus.tsv.gz"], "corpus")
-    docs: list[Doc] = []
-    first_line: dict[str, int] = {}
+        return _find(path, ["corpus.jsonl", "corpus.jsonl.gz", "corpus.tsv", "corpus.tsv.gz"], "corpus")
+    return path
 
-    def add(doc: Doc, lineno: int, id_field: str) -> None:
-        if doc.id in first_line:
-            raise DataError(path, lineno, id_field, f"duplicate id {doc.id!r} (first on line {first_line[doc.id]})")
-        first_line[doc.id] = lineno
-        docs.append(doc)
 
+def _parse_doc(line: str, path: Path, lineno: int) -> tuple[Doc, str] | None:
+    """(doc, name of its id field) of one corpus line; None for a blank line or a tsv header."""
+    if not line.strip():
+        return None
     if _is_jsonl(path):
-        for lineno, record in jsonl_records(path):
-            id_field = next((f for f in DOC_ID_FIELDS if f in record), DOC_ID_FIELDS[0])
-            doc_id = _id(_field(record, DOC_ID_FIELDS, path, lineno), path, lineno, id_field)
-            text = _field(record, DOC_TEXT_FIELDS, path, lineno)
-            title = _field(record, ("title",), path, lineno, required=False)
-            add(Doc(doc_id, title, text), lineno, id_field)
-    else:
-        for lineno, cols in _tsv_rows(path):
-            if lineno == 1 and _is_header(cols[0]):
-                continue
-            if len(cols) not in (2, 3):
-                raise DataError(path, lineno, "text", f"expected id<TAB>text or id<TAB>title<TAB>text, got {len(cols)} columns")
-            doc_id = _id(cols[0], path, lineno, "id")
-            title, text = (cols[1], cols[2]) if len(cols) == 3 else ("", cols[1])
-            add(Doc(doc_id, title, text), lineno, "id")
-    if not docs:
+        record = json_record(line, path, lineno)
+        id_field = next((f for f in DOC_ID_FIELDS if f in record), DOC_ID_FIELDS[0])
+        doc_id = _id(_field(record, DOC_ID_FIELDS, path, lineno), path, lineno, id_field)
+        title = _field(record, ("title",), path, lineno, required=False)
+        return Doc(doc_id, title, _field(record, DOC_TEXT_FIELDS, path, lineno)), id_field
+    cols = line.rstrip("\n").rstrip("\r").split("\t")
+    if lineno == 1 and _is_header(cols[0]):
+        return None
+    if len(cols) not in (2, 3):
+        raise DataError(path, lineno, "text", f"expected id<TAB>text or id<TAB>title<TAB>text, got {len(cols)} columns")
+    title, text = (cols[1], cols[2]) if len(cols) == 3 else ("", cols[1])
+    return Doc(_id(cols[0], path, lineno, "id"), title, text), "id"
+
+
+def _corpus_lines(path: Path) -> Iterator[tuple[int, int, Doc, str]]:
+    """(byte offset, line number, doc, id field) of every document line, read once from disk; a duplicate
+    id fails naming both lines. Offsets are positions in the (decompressed) file."""
+    first_line: dict[str, int] = {}
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as lines:
+        offset = 0
+        for lineno, raw in enumerate(lines, start=1):
+            parsed = _parse_doc(raw.decode("utf-8"), path, lineno)
+            if parsed is not None:
+                doc, id_field = parsed
+                if doc.id in first_line:
+                    raise DataError(path, lineno, id_field, f"duplicate id {doc.id!r} (first on line {first_line[doc.id]})")
+                first_line[doc.id] = lineno
+                yield offset, lineno, doc, id_field
+            offset += len(raw)
+    if not first_line:
         raise DataError(path, None, None, "the corpus is empty")
-    return Corpus(docs, source=str(path))
+
+
+def load_corpus(path: str | Path, stream: bool = False) -> Corpus | CorpusStream:
+    """Read a corpus from a BEIR folder or a jsonl(.gz) / tsv file; `stream=True` keeps it on disk
+    (`CorpusStream`) for corpora larger than memory."""
+    path = corpus_file(path)
+    if stream:
+        return CorpusStream(path)
+    return Corpus((doc for _, _, doc, _ in _corpus_lines(path)), source=str(path))
+
+
+class CorpusStream:
+    """A corpus left on disk: each pass reads the file again, so only ids and line offsets stay in memory
+    (for 1M passages some 100 MB, against GBs of text). Indexing a `CorpusStream` encodes and adds it in
+    chunks (retrieval.dense.retriever); `stream[doc_id]` seeks to the document's line.
+
+    The file is checked line by line like `load_corpus` (file, line and field in every error) when the
+    stream is opened.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = corpus_file(path)
+        self.source = str(self.path)
+        self._offsets: dict[str, tuple[int, int]] = {}  # id -> (byte offset, line number)
+        for offset, lineno, doc, _ in _corpus_lines(self.path):
+            self._offsets[doc.id] = (offset, lineno)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __iter__(self) -> Iterator[Doc]:
+        return (doc for _, _, doc, _ in _corpus_lines(self.path))
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._offsets
+
+    def __getitem__(self, doc_id: str) -> Doc:
+        offset, lineno = self._offsets[doc_id]
+        opener = gzip.open if self.path.suffix == ".gz" else open
+        with opener(self.path, "rb") as lines:
+            lines.seek(offset)
+            return _parse_doc(lines.readline().decode("utf-8"), self.path, lineno)[0]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._offsets)
+
+    def batches(self, size: int) -> Iterator[list[Doc]]:
+        """The documents in file order, `size` at a time."""
+        batch: list[Doc] = []
+        for doc in self:
+            batch.append(doc)
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
 
 def write_corpus(corpus: Iterable[Doc], path: str | Path) -> None:

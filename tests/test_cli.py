@@ -48,6 +48,21 @@ def test_index_build_and_search(tiny_beir, tmp_path):
     assert {line.split()[0] for line in lines} == set(TINY_QRELS)
 
 
+def test_index_build_sharded_dense_and_engine_refusal(tiny_beir, tmp_path):
+    out = dengen("index", "build", "--data", tiny_beir, "--retriever", "dense:model=minilm", "--shards", "3",
+                 "--out", tmp_path / "idx").stdout
+    assert "indexed 8 documents" in out
+    assert len(json.loads((tmp_path / "idx" / "manifest.json").read_text())["shards"]) == 3
+    hits = dengen("search", "--index", tmp_path / "idx", "--query", "scurvy vitamin", "--k", "2").stdout.splitlines()
+    assert hits[0].split()[2] == "d2"
+    dengen("index", "build", "--data", tiny_beir, "--retriever", "dense:model=minilm", "--stream", "--out", tmp_path / "s")
+    assert dengen("search", "--index", tmp_path / "s", "--query", "scurvy vitamin", "--k", "2").stdout.splitlines() == hits
+    done = dengen("index", "build", "--data", tiny_beir, "--retriever", "bm25", "--engine", "ray", "--out",
+                  tmp_path / "bm25", check=False)
+    assert done.returncode != 0 and "engine='ray': a bm25 retriever indexes with engine 'local'" in done.stderr
+    assert not (tmp_path / "bm25").exists()
+
+
 def test_cli_reports_bad_input_with_file_and_line(tiny_beir):
     with open(tiny_beir / "corpus.jsonl", "a") as out:
         out.write('{"_id": "d9", "title": "no text"}\n')

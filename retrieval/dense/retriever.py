@@ -3,15 +3,22 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from indexes.docstore import read_docids
-from indexes.faiss_index import build_index, load_index, save_index, search_index, set_search_params
+from indexes.faiss_index import (
+    build_index, build_index_streamed, join_shards, load_index, save_index, search_index, set_search_params, shard_bounds, shard_list,
+)
 from retrieval.api import Retriever
-from retrieval.data import Corpus
+from retrieval.data import Corpus, CorpusStream
 from retrieval.dense.encoders import encoder_fingerprint, load_encoder
 from retrieval.errors import IndexLoadError
+
+
+STREAM_CHUNK = 8192  # documents encoded and added at a time from a streamed corpus
 
 
 class DenseRetriever(Retriever):
@@ -38,6 +45,7 @@ class DenseRetriever(Retriever):
     """
 
     kind = "dense"
+    engines = ("local", "ray")
 
     def __init__(
         self,
@@ -95,9 +103,38 @@ class DenseRetriever(Retriever):
         # from the files, so loading an index does not load the model before the first query
         return encoder_fingerprint(self.config["model"])
 
-    def _index(self, corpus: Corpus) -> None:
-        vectors = self.encoder.encode_documents([doc.full_text for doc in corpus], progress=True)
-        self._use(build_index(vectors, self.config["index"]), corpus.ids)
+    def _index(self, corpus: Corpus, engine: str = "local", shards: int | None = None, workers: int | None = None,
+               ray_address: str | None = None) -> None:
+        """engine "local" encodes here; "ray" encodes on Ray (retrieval.dense.ray_engine) with `workers` actors
+        at `ray_address` (None: a local Ray). `shards` faiss shards of successive documents (default: one
+        locally, one per Ray worker), searched in parallel and merged (indexes.faiss_index.join_shards)."""
+        if shards is not None:
+            shard_bounds(len(corpus), shards)  # refuse an impossible count before encoding
+        if engine == "local" and (workers is not None or ray_address is not None):
+            raise ValueError("workers= and ray_address= are options of engine='ray'")
+        if isinstance(corpus, CorpusStream) and engine == "local":
+            if shards not in (None, 1):
+                raise ValueError("a streamed corpus is indexed as one faiss index (shards=1)")
+            self._use(build_index_streamed(self._encode_stream(corpus), self.config["index"]), corpus.ids)
+            return
+        texts = [doc.full_text for doc in corpus]
+        if engine == "ray":
+            from retrieval.dense.ray_engine import encode_on_ray
+
+            vectors, workers = encode_on_ray(self.config, texts, workers=workers, address=ray_address)
+            shards = shards or min(workers, len(texts))
+        else:
+            vectors = self.encoder.encode_documents(texts, progress=True)
+        bounds = shard_bounds(len(vectors), shards or 1)
+        parts = [build_index(vectors[start:end], self.config["index"]) for start, end in bounds]
+        self._use(parts[0] if len(parts) == 1 else join_shards(parts), corpus.ids)
+
+    def _encode_stream(self, corpus: CorpusStream) -> Iterator[np.ndarray]:
+        """Vectors of a streamed corpus, STREAM_CHUNK documents at a time (each chunk is dropped once added)."""
+        with tqdm(total=len(corpus), desc="encoding (streamed)", unit="doc") as bar:
+            for docs in corpus.batches(STREAM_CHUNK):
+                yield self.encoder.encode_documents([doc.full_text for doc in docs], progress=False)
+                bar.update(len(docs))
 
     def _use(self, faiss_index, doc_ids: list[str]) -> None:
         set_search_params(faiss_index, self.config["search_params"])
@@ -115,9 +152,16 @@ class DenseRetriever(Retriever):
         }
 
     def _save_files(self, folder: Path) -> dict:
-        save_index(self._faiss, folder / "vectors.faiss")
-        self._write_docstore(folder)
+        shards = shard_list(self._faiss)
         extra = {}
+        if len(shards) == 1:
+            save_index(self._faiss, folder / "vectors.faiss")
+        else:  # one file per shard, in row order
+            (folder / "shards").mkdir()
+            extra["shards"] = [f"shards/{i:05d}.faiss" for i in range(len(shards))]
+            for shard, name in zip(shards, extra["shards"]):
+                save_index(shard, folder / name)
+        self._write_docstore(folder)
         if self.config.get("backend") == "onnx":  # the exported model travels with the index
             from retrieval.dense.onnx_backend import onnx_file
 
@@ -141,7 +185,10 @@ class DenseRetriever(Retriever):
             )
         if "onnx" in manifest:
             self._onnx_file = folder / manifest["onnx"]["file"]
-        faiss_index = load_index(folder / "vectors.faiss", mmap=self.mmap)
+        files = manifest.get("shards", ["vectors.faiss"])
+        ivf = "IVF" in self.config["index"]  # inverted lists searched from disk
+        shards = [load_index(folder / name, mmap=self.mmap, inverted_lists=ivf) for name in files]
+        faiss_index = shards[0] if len(shards) == 1 else join_shards(shards)
         doc_ids = read_docids(folder)
         if faiss_index.ntotal != len(doc_ids) or faiss_index.ntotal != manifest["doc_count"]:
             raise IndexLoadError(f"{folder}: {faiss_index.ntotal} vectors but {len(doc_ids)} doc ids")

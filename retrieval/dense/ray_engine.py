@@ -1,0 +1,79 @@
+"""Encoding a corpus on Ray: Ray Data streams the documents through a pool of actors, each of which loads
+the encoder once and encodes batch after batch.
+
+`dengen index build ... --engine ray [--ray-address ADDR]` and `retriever.index(corpus, engine="ray")` come
+here. Without an address a local Ray is started on this machine (and stopped afterwards); with one
+(`ray://head:10001` or `head:6379`, or $RAY_ADDRESS) the job joins that cluster. The vectors come back to
+the driver in corpus order, which writes them as faiss shards (retrieval.dense.retriever). Every worker needs
+what the driver has: Python 3.11, `pip install torch==2.13.0 'dengen[dense,onnx,ray]'` and the model's
+package (docs/ray.md).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+@contextmanager
+def ray_session(address: str | None = None):
+    """Use the Ray already initialised in this process, join the cluster at `address`, or start a local one;
+    a Ray started here is shut down on leaving."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+class EncodeBatch:
+    """A Ray Data actor: builds the encoder of a dense retriever config once, then encodes batches."""
+
+    def __init__(self, config: dict):
+        from retrieval.dense.retriever import DenseRetriever
+
+        self.encoder = DenseRetriever(**config).encoder
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        vectors = self.encoder.encode_documents([str(t) for t in batch["text"]], progress=False)
+        return {"row": batch["row"], "vector": vectors}
+
+
+def encode_on_ray(config: dict, texts: list[str], workers: int | None = None, address: str | None = None,
+                  batch_size: int = 256, cpus_per_worker: float = 1) -> tuple[np.ndarray, int]:
+    """(vectors of `texts` in row order, the number of workers) from `workers` actors (default: one per CPU
+    of the cluster).
+
+    Args:
+        config: a DenseRetriever config (model, layers, backend, ...): each actor builds that encoder.
+        texts: document texts, in corpus order.
+        workers: actor pool size; each actor holds one copy of the model.
+        address: a Ray cluster to join; None starts a local Ray (or uses the one already running).
+        batch_size: documents per Ray Data batch (the encoder splits it into its own batch size).
+        cpus_per_worker: CPUs reserved per actor (torch in the actor uses that many threads).
+    """
+    with ray_session(address) as ray:
+        if workers is None:
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_worker))
+        items = [{"row": i, "text": t} for i, t in enumerate(texts)]
+        blocks = max(workers, min(len(items), workers * 4, -(-len(items) // batch_size)))
+        dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+            EncodeBatch, fn_constructor_kwargs={"config": config}, batch_size=batch_size,
+            concurrency=workers, num_cpus=cpus_per_worker, batch_format="numpy",
+        )
+        vectors = None
+        with tqdm(total=len(texts), desc=f"encoding on Ray ({workers} workers)", unit="doc") as bar:
+            for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
+                if vectors is None:
+                    vectors = np.zeros((len(texts), batch["vector"].shape[1]), dtype=np.float32)
+                vectors[batch["row"]] = batch["vector"]
+                bar.update(len(batch["row"]))
+            if bar.n != len(texts):
+                raise RuntimeError(f"Ray returned {bar.n} of {len(texts)} document vectors")
+        return vectors, workers
