@@ -42,3 +42,12 @@ def write_json(path: Path, result: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)
+
+
+def status_bytes(field: str) -> int | None:
+    """A /proc/self/status field (VmRSS, VmHWM: the peak resident set) in bytes, or None off Linux."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None

@@ -87,6 +87,8 @@ def test_ivf_lists_are_searched_from_disk_without_changing_the_file(tmp_path):
     queries = rng.standard_normal((25, 32)).astype(np.float32)
     for factory in ("IVF32,PQ8", "IVF32,Flat"):
         index = build_index(vectors, factory)
+        if "PQ" in factory:  # the second, polysemous training of the codebooks is skipped (never used)
+            assert faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training is False
         index.nprobe = 8
         path = tmp_path / f"{factory.replace(',', '-')}.faiss"
         save_index(index, path)
