@@ -44,6 +44,7 @@ class Retriever(ABC):
 
     kind: ClassVar[str]
     engines: ClassVar[tuple[str, ...]] = ("local",)  # where `index` can run; retrievers with more take engine=
+    index_options: ClassVar[tuple[str, ...]] = ()  # keyword options their `_index` takes (shards, workers, ...)
 
     def __init__(self, **config):
         self.config = config
@@ -54,25 +55,25 @@ class Retriever(ABC):
         self._corpus: Corpus | None = None  # the corpus of a freshly built index
 
     # ------------------------------------------------------------ public API
-    def index(self, corpus: Corpus, engine: str = "local", **engine_options) -> None:
+    def index(self, corpus: Corpus, engine: str = "local", **options) -> None:
         """Index a corpus (replacing anything indexed before).
 
-        engine: "local" (this process) or "ray" (a Ray cluster, or a local Ray; retrievers whose `engines`
-        name it). engine_options go to the retriever's `_index`, e.g. shards=4, workers=8, ray_address=...
+        engine: "local" (this process) or "ray" (retrievers whose `engines` name it: dense).
+        options: build options the retriever lists in `index_options`, e.g. shards=4 (dense, SEAL),
+            workers=8 and ray_address="head:6379" (dense on Ray).
         """
         if len(corpus) == 0:
             raise ValueError("cannot index an empty corpus")
-        distributed = len(self.engines) > 1
         if engine not in self.engines:
             raise ValueError(f"engine={engine!r}: a {self.kind} retriever indexes with engine {' or '.join(map(repr, self.engines))}")
-        if engine_options and not distributed:
-            raise ValueError(f"a {self.kind} retriever indexes in this process only, without options "
-                             f"({', '.join(engine_options)}); engine='ray' and shards= are options of dense retrievers")
+        unknown = [name for name in options if name not in self.index_options]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not an indexing option of a {self.kind} retriever"
+                             f" ({', '.join(self.index_options) or 'it has none'})")
         start = time.perf_counter()
-        if distributed:
-            self._index(corpus, engine=engine, **engine_options)
-        else:
-            self._index(corpus)
+        if len(self.engines) > 1:  # retrievers that can index elsewhere are told where
+            options["engine"] = engine
+        self._index(corpus, **options)
         self.build_seconds = time.perf_counter() - start
         self.doc_count = len(corpus)
         self._corpus = corpus

@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--ray-address", help="with --engine ray: the cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     build.add_argument("--workers", type=int, help="with --engine ray: encoder actors (default: one per CPU)")
     build.add_argument("--shards", type=int, help="dense: faiss shards of successive documents, searched in parallel "
-                                                  "(default 1; with --engine ray one per worker)")
+                                                  "(default 1; with --engine ray one per worker); seal: FM-index shards")
     build.set_defaults(func=cmd_index_build)
 
     search = sub.add_parser("search", help="search a saved index")

@@ -83,8 +83,8 @@ class HybridRetriever(Retriever):
         times = [m.build_seconds for m in self.members]
         return None if None in times else sum(times)
 
-    def index(self, corpus: Corpus, engine: str = "local", **engine_options) -> None:
-        super().index(corpus, engine, **engine_options)  # refuses engines and options it does not have
+    def index(self, corpus: Corpus, engine: str = "local", **options) -> None:
+        super().index(corpus, engine, **options)  # refuses engines and options it does not have
         self.build_seconds = self._members_build_seconds()  # the fusion itself costs nothing to build
 
     def describe(self) -> dict:

@@ -1,5 +1,6 @@
 """SEAL: weight and aggregation formulas on hand-worked cases, constrained decoding never leaving the corpus,
 the retriever through the common API (save, reload, eval, mteb) with a tiny random model, and the data builder."""
+import json
 import math
 import random
 
@@ -216,6 +217,32 @@ def test_seal_saves_reloads_and_returns_the_same_run(tiny_seal, tiny_beir_sessio
     hits = again.search_one("what causes scurvy", k=3)
     assert hits and hits[0].text  # texts come from the docstore
     tiny_seal.set_search_options(use_index_frequency=True)
+
+
+def test_sharded_fm_index_returns_the_same_run_and_reloads(tiny_seal, keymodel, tiny_beir_session, tmp_path):
+    from indexes.fm_shards import ShardedFMIndex
+
+    corpus, queries = load_corpus(tiny_beir_session), load_dataset(tiny_beir_session).queries
+    sharded = build_retriever("seal", model="bert2bert", beam=4, length=4, title_length=6, fully_score=50,
+                              use_index_frequency=False)
+    sharded._keymodel = keymodel
+    sharded.index(corpus, shards=3)
+    assert isinstance(sharded.fm, ShardedFMIndex) and [s.n_docs for s in sharded.fm.shards] == [3, 2, 3]
+    tiny_seal.set_search_options(use_index_frequency=False)
+    try:
+        expected = tiny_seal.search(queries, k=5)
+    finally:
+        tiny_seal.set_search_options(use_index_frequency=True)
+    assert sharded.search(queries, k=5) == expected  # same keys, counts and scores: the merge is exact
+    sharded.save(tmp_path / "sharded")
+    manifest = json.loads((tmp_path / "sharded" / "manifest.json").read_text())
+    assert manifest["fm_shards"] == [f"fmindex/shard-0000{i}" for i in range(3)]
+    again = load_retriever(tmp_path / "sharded")
+    assert isinstance(again.fm, ShardedFMIndex) and again.search(queries, k=5) == expected
+    with pytest.raises(ValueError, match="shards=9"):
+        sharded.index(corpus, shards=9)
+    with pytest.raises(ValueError, match="shards: not an indexing option of a ugr retriever"):
+        build_retriever("ugr").index(corpus, shards=2)
 
 
 def test_seal_through_the_runner_and_mteb(tiny_seal, tiny_beir_session, tmp_path):

@@ -46,6 +46,7 @@ class DenseRetriever(Retriever):
 
     kind = "dense"
     engines = ("local", "ray")
+    index_options = ("shards", "workers", "ray_address")
 
     def __init__(
         self,

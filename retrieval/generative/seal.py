@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from indexes.docstore import read_docids
+from indexes.fm_shards import ShardedFMIndex
 from indexes.fmindex import FMIndex
 from retrieval.data import Corpus
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder, diverse_beam_search
@@ -67,6 +68,7 @@ class SEALRetriever(GenerativeRetriever):
 
     kind = "seal"
     method = "SEAL"
+    index_options = ("shards",)
     search_defaults = SEARCH_DEFAULTS
 
     def __init__(self, model: str = "bert2bert", titles: str | bool = "auto", **search):
@@ -86,10 +88,14 @@ class SEALRetriever(GenerativeRetriever):
         titles = self.config["titles"]
         self.uses_titles = any(d.title.strip() for d in corpus) if titles == "auto" else bool(titles)
 
-    def _index(self, corpus: Corpus) -> None:
+    def _index(self, corpus: Corpus, shards: int | None = None) -> None:
+        """shards: build the FM-index as that many shards of successive documents (`ShardedFMIndex`: counts,
+        next tokens and locations merge exactly, so keys, constraints and scores are the same)."""
+        if shards is not None and not 1 <= shards <= len(corpus):
+            raise ValueError(f"shards={shards}: choose 1..{len(corpus)} (one shard needs at least one document)")
         self.decide_titles(corpus)
         docs = (self.doc_stream(d.title, d.text) for d in tqdm(corpus, desc="SEAL tokenising", unit="doc", mininterval=1.0))
-        self.fm = FMIndex.build(docs)
+        self.fm = ShardedFMIndex.build(docs, shards) if shards and shards > 1 else FMIndex.build(docs)
         self.doc_ids = list(corpus.ids)
 
     # ------------------------------------------------------------------ search
@@ -169,15 +175,22 @@ class SEALRetriever(GenerativeRetriever):
 
     # ------------------------------------------------------------------ persistence
     def _save_files(self, folder: Path) -> dict:
-        (folder / "fmindex").mkdir()
-        self.fm.write_arrays(folder / "fmindex")
+        shards = self.fm.shards if isinstance(self.fm, ShardedFMIndex) else [self.fm]
+        names = ["fmindex"] if len(shards) == 1 else [f"fmindex/shard-{i:05d}" for i in range(len(shards))]
+        for shard, name in zip(shards, names):
+            (folder / name).mkdir(parents=True)
+            shard.write_arrays(folder / name)
         self.keymodel.save(folder / "model")
         self._write_docstore(folder)
         return {"engine": "fm-index (pydivsufsort + wavelet-matrix)", "n_tokens": self.fm.n_tokens,
-                "uses_titles": self.uses_titles, "backbone": self.keymodel.backbone}
+                "uses_titles": self.uses_titles, "backbone": self.keymodel.backbone,
+                **({"fm_shards": names} if len(shards) > 1 else {})}
 
     def _load_files(self, folder: Path, manifest: dict) -> None:
-        self.fm = FMIndex.read_arrays(folder / "fmindex")
+        if "fm_shards" in manifest:
+            self.fm = ShardedFMIndex([FMIndex.read_arrays(folder / name) for name in manifest["fm_shards"]])
+        else:
+            self.fm = FMIndex.read_arrays(folder / "fmindex")
         self._keymodel = KeyModel.load(folder / "model")
         self.doc_ids = read_docids(folder)
         self.uses_titles = manifest["uses_titles"]

@@ -54,6 +54,7 @@ class UGRRetriever(SEALRetriever):
     """
 
     kind = "ugr"
+    index_options = ()  # the shared unit/parent index is one FM-index (FMUnits reads its rows directly)
 
     def __init__(self, model: str = "bert2bert", granularity: str = "passage", units: str | None = None,
                  parents: str | None = None, prompt: str = "hybrid", prompt_length: int = 10,
