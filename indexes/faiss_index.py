@@ -14,34 +14,48 @@ TRAIN_SIZE = 262144  # vectors an IVF/PQ index is trained on when built from a s
 def build_index(vectors: np.ndarray, factory: str = "Flat", metric: str = "ip"):
     """A faiss index over `vectors` (n x d float32), trained on them first when the type needs it
     (IVF, PQ). `metric` is "ip" (inner product; cosine on normalised vectors) or "l2"."""
-    chunks = (vectors[start : start + ADD_BATCH] for start in range(0, len(vectors), ADD_BATCH))
-    return build_index_streamed(chunks, factory, metric, train_size=len(vectors))
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = new_index(vectors.shape[1], factory, metric)
+    _train_and_add(index, vectors)
+    return index
 
 
 def build_index_streamed(chunks: Iterable[np.ndarray], factory: str = "Flat", metric: str = "ip",
                          train_size: int = TRAIN_SIZE):
     """A faiss index over vectors that arrive in chunks and are dropped once added, so the vectors of a
     corpus larger than memory never need to be held at once. A type that needs training (IVF, PQ) is trained
-    on the first `train_size` vectors (kept until then), as faiss's own out-of-core recipes do."""
-    import faiss
-
-    index, pending = None, []
+    on the first `train_size` vectors, gathered in one buffer (the memory bound: train_size x d x 4 bytes),
+    as faiss's own out-of-core recipes train on a sample."""
+    index, buffer, filled = None, None, 0
     for chunk in chunks:
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         if index is None:
-            index = faiss.index_factory(chunk.shape[1], factory, {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[metric])
-            _skip_polysemous_training(index)
+            index = new_index(chunk.shape[1], factory, metric)
         if index.is_trained:
-            index.add(chunk)
+            _train_and_add(index, chunk)
             continue
-        pending.append(chunk)
-        if sum(map(len, pending)) >= train_size:
-            _train_and_add(index, pending)
-            pending = []
+        if buffer is None:  # pages are only touched as rows are filled
+            buffer = np.empty((train_size, chunk.shape[1]), dtype=np.float32)
+        take = min(len(chunk), train_size - filled)
+        buffer[filled : filled + take] = chunk[:take]
+        filled += take
+        if filled == train_size:
+            _train_and_add(index, buffer)
+            buffer = None
+            _train_and_add(index, chunk[take:])
     if index is None:
         raise ValueError("no vectors to index")
-    if pending:
-        _train_and_add(index, pending)
+    if buffer is not None:
+        _train_and_add(index, buffer[:filled])
+    return index
+
+
+def new_index(dim: int, factory: str, metric: str = "ip"):
+    """An empty faiss index from a factory string, PQ's polysemous training off (see below)."""
+    import faiss
+
+    index = faiss.index_factory(dim, factory, {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[metric])
+    _skip_polysemous_training(index)
     return index
 
 
@@ -57,9 +71,10 @@ def _skip_polysemous_training(index) -> None:
             faiss.downcast_index(part).do_polysemous_training = False
 
 
-def _train_and_add(index, chunks: list[np.ndarray]) -> None:
-    vectors = np.concatenate(chunks)
-    index.train(vectors)
+def _train_and_add(index, vectors: np.ndarray) -> None:
+    """Train `index` on `vectors` if it still needs training, then add them in batches."""
+    if not index.is_trained:
+        index.train(vectors)
     for start in range(0, len(vectors), ADD_BATCH):
         index.add(vectors[start : start + ADD_BATCH])
 

@@ -77,11 +77,19 @@ def test_hnsw_shards_take_search_params(scifact_slice):
 def test_encoding_on_ray_equals_local(scifact_slice, local_run, tmp_path):
     pytest.importorskip("ray")
     corpus, queries = scifact_slice
-    on_ray = build_retriever("dense", model="minilm")
-    on_ray.index(corpus, engine="ray", workers=2)  # a local Ray with two encoder actors -> two shards
-    assert on_ray._faiss.count() == 2
-    assert_same_run(local_run, on_ray.search(queries, k=10))
-    on_ray.save(tmp_path / "ray-index")
+    # Ray runs in a fresh interpreter: its gRPC threads and signal handlers must not outlive it inside pytest
+    code = (
+        "import json; from retrieval import build_retriever; from retrieval.data import load_dataset, shared_data\n"
+        "data = load_dataset(shared_data('scifact'))\n"
+        f"corpus = data.corpus.subset(data.corpus.ids[:{len(corpus)}])\n"
+        "r = build_retriever('dense', model='minilm')\n"
+        "r.index(corpus, engine='ray', workers=2)  # a local Ray with two encoder actors -> two shards\n"
+        f"r.save({str(tmp_path / 'ray-index')!r})\n"
+        f"print(json.dumps([r._faiss.count(), r.search({queries!r}, k=10)]))"
+    )
+    shards, on_ray = json.loads(run_python(code).strip().splitlines()[-1])
+    assert shards == 2
+    assert_same_run(local_run, on_ray)
     assert_same_run(local_run, load_retriever(tmp_path / "ray-index").search(queries, k=10))
 
 

@@ -73,6 +73,11 @@ def test_chunked_build_trains_on_the_first_vectors():
     queries = rng.standard_normal((20, 16)).astype(np.float32)
     streamed.nprobe = reference.nprobe = 4
     np.testing.assert_array_equal(streamed.search(queries, 10)[1], reference.search(queries, 10)[1])
+    # the training sample ends inside a chunk: the chunk's rest is added after training
+    uneven = build_index_streamed((vectors[i : i + 700] for i in range(0, 3000, 700)), "IVF16,Flat", train_size=1000)
+    uneven.nprobe = 4
+    assert uneven.ntotal == 3000
+    np.testing.assert_array_equal(uneven.search(queries, 10)[1], reference.search(queries, 10)[1])
     flat = build_index_streamed((vectors[i : i + 700] for i in range(0, 3000, 700)), "Flat")
     np.testing.assert_array_equal(flat.search(queries, 10)[1], build_index(vectors).search(queries, 10)[1])
     with pytest.raises(ValueError, match="no vectors"):
