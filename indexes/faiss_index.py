@@ -62,7 +62,8 @@ def new_index(dim: int, factory: str, metric: str = "ip"):
 def _skip_polysemous_training(index) -> None:
     """PQ codebooks are trained a second time by default so that Hamming distances between codes mean
     something (polysemous codes); that only serves a Hamming pre-filter (polysemous_ht), which dengen never
-    sets, and it made IVF-PQ training ~10x slower (scripts/bench_scale.py: 123 s vs 12 s at 2k vectors)."""
+    sets, and it made IVF-PQ training ~10x slower (123 s vs 12 s at 2k vectors: an ad-hoc timing during
+    scripts/bench_scale.py's quick check, not a script's output)."""
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)

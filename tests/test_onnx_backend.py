@@ -55,6 +55,14 @@ def test_fp32_and_int8_agree_with_torch(cache, minilm):
         assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert fp32.fingerprint not in (minilm.fingerprint, int8.fingerprint)
     assert OnnxEncoder(minilm).onnx_file == fp32.onnx_file  # the cached export is reused
+    # the export is fused by onnxruntime's transformer optimizer (what docs/onnx.md's speed rests on);
+    # the attention of each of MiniLM's 6 layers becomes one Attention op, also in the int8 graph
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(fp32.onnx_file)).graph.node]
+    assert ops.count("Attention") == 6 and ops.count("EmbedLayerNormalization") == 1
+    assert ops.count("SkipLayerNormalization") == 12
+    assert [node.op_type for node in onnx.load(str(int8.onnx_file)).graph.node].count("QAttention") == 6
 
 
 def test_a_matryoshka_sub_model_is_exported_with_its_layers(cache, minilm):
