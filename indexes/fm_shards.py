@@ -39,14 +39,19 @@ class ShardedFMIndex:
         self.doc_starts = np.concatenate([np.asarray(s.doc_starts[:-1], dtype=np.int64) + base
                                           for s, base in zip(self.shards, token_base)] + [token_base[-1:]])
 
-    @classmethod
-    def build(cls, docs: Iterable[Sequence[int]], shards: int) -> "ShardedFMIndex":
-        """Split `docs` into `shards` contiguous runs of (nearly) equal document counts and index each."""
-        docs = list(docs)
+    @staticmethod
+    def split(n_docs: int, shards: int) -> list[tuple[int, int]]:
+        """[start, end) of `shards` contiguous runs of (nearly) equal document counts, never an empty one."""
         if shards < 1:
             raise ValueError(f"shards={shards}: must be at least 1")
-        bounds = np.linspace(0, len(docs), min(shards, max(1, len(docs))) + 1).round().astype(int)
-        return cls([FMIndex.build(docs[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+        bounds = np.linspace(0, n_docs, min(shards, max(1, n_docs)) + 1).round().astype(int)
+        return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+    @classmethod
+    def build(cls, docs: Iterable[Sequence[int]], shards: int) -> "ShardedFMIndex":
+        """Split `docs` into `shards` runs (`split`) and index each in this process."""
+        docs = list(docs)
+        return cls([FMIndex.build(docs[a:b]) for a, b in cls.split(len(docs), shards)])
 
     @property
     def n_docs(self) -> int:

@@ -13,7 +13,9 @@ contain it.
 The suffix array comes from pydivsufsort and rank / distinct-values-in-range queries from a wavelet
 matrix (the `wavelet-matrix` package) over the BWT. Saved folders keep every array as .npy, loaded
 memory-mapped; the wavelet matrix is rebuilt from the memory-mapped BWT at load (it cannot be
-serialised), which takes about a third of a second per million tokens.
+serialised), which takes about a third of a second per million tokens. A memory-mapped load asks the
+package for its `on_disk` layout (bit vectors in unlinked temporary files, mapped), so the whole index
+is file-backed pages the kernel may drop under memory pressure, none of it anonymous memory.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ class FMIndex:
 
     BOUNDARY = -1  # a pattern's first element may be BOUNDARY: "at the start of a document"
 
-    def __init__(self, tokens: np.ndarray, doc_starts: np.ndarray, suffix_array: np.ndarray, bwt: np.ndarray):
+    def __init__(self, tokens: np.ndarray, doc_starts: np.ndarray, suffix_array: np.ndarray, bwt: np.ndarray,
+                 *, wavelet_on_disk: bool = False):
         from wavelet_matrix import WaveletMatrix
 
         self.tokens = tokens  # forward stream: documents back to back, no separators (int32)
@@ -50,13 +53,20 @@ class FMIndex:
         counts = np.bincount(bwt, minlength=SHIFT)
         self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # C[c]: rows before symbol c
         self._alphabet = len(counts)
-        self._wm = WaveletMatrix(np.asarray(bwt))
+        self.wavelet_on_disk = wavelet_on_disk  # its temporary files go where $TMPDIR says
+        self._wm = WaveletMatrix(np.asarray(bwt), on_disk=wavelet_on_disk)
 
     # ---- construction -------------------------------------------------------------------------------
 
     @classmethod
     def build(cls, docs: Iterable[Sequence[int]], *, progress: bool = False) -> "FMIndex":
         """Index `docs`, each a sequence of non-negative token ids."""
+        return cls(*cls.build_arrays(docs, progress=progress))
+
+    @staticmethod
+    def build_arrays(docs: Iterable[Sequence[int]], *, progress: bool = False) -> tuple[np.ndarray, ...]:
+        """The stored arrays (`ARRAYS` order) of the index over `docs`, without the wavelet matrix: what a
+        worker that builds a shard sends back (retrieval.ray_engine)."""
         import pydivsufsort
 
         pieces, lengths = [], []
@@ -70,6 +80,7 @@ class FMIndex:
             pieces.append(arr)
             lengths.append(arr.size)
         tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+        del pieces  # int64 copies of every document: the build's peak memory matters at millions of documents
         if tokens.size and tokens.max() + SHIFT >= 2**31:
             raise ValueError(f"token id {int(tokens.max())} too large for an int32 index")
         tokens = tokens.astype(np.int32)
@@ -77,13 +88,15 @@ class FMIndex:
         # internal text T = SEP d1 SEP d2 ... SEP dn; the index is over reverse(T) + SENTINEL
         text = np.full(tokens.size + len(lengths) + 1, SEPARATOR, dtype=np.int32)
         text[-1] = SENTINEL
-        positions = np.arange(tokens.size) + np.repeat(np.arange(1, len(lengths) + 1), lengths)
         forward = np.full(tokens.size + len(lengths), SEPARATOR, dtype=np.int32)
-        forward[positions] = tokens + SHIFT
+        is_token = np.ones(forward.size, dtype=bool)  # a mask, not int64 positions: 1 byte per symbol
+        is_token[doc_starts[:-1] + np.arange(len(lengths))] = False  # document d's separator sits at start_d + d
+        forward[is_token] = tokens + SHIFT
+        del is_token
         text[:-1] = forward[::-1]
         suffix_array = pydivsufsort.divsufsort(text)
         bwt = text[suffix_array - 1]  # suffix 0 wraps to the sentinel at the end, as a rotation would
-        return cls(tokens, doc_starts, suffix_array, bwt)
+        return tokens, doc_starts, suffix_array, bwt
 
     # ---- queries --------------------------------------------------------------------------------------
 
@@ -190,7 +203,8 @@ class FMIndex:
 
     @classmethod
     def read_arrays(cls, folder: str | Path, *, mmap: bool = True) -> "FMIndex":
-        return cls(*[np.load(Path(folder) / f"{name}.npy", mmap_mode="r" if mmap else None) for name in cls.ARRAYS])
+        arrays = [np.load(Path(folder) / f"{name}.npy", mmap_mode="r" if mmap else None) for name in cls.ARRAYS]
+        return cls(*arrays, wavelet_on_disk=mmap)
 
     def save(self, path: str | Path, **fields) -> dict:
         """Write the index folder atomically (manifest + .npy arrays); `fields` go into the manifest."""

@@ -58,9 +58,9 @@ class Retriever(ABC):
     def index(self, corpus: Corpus, engine: str = "local", **options) -> None:
         """Index a corpus (replacing anything indexed before).
 
-        engine: "local" (this process) or "ray" (retrievers whose `engines` name it: dense).
+        engine: "local" (this process) or "ray" (retrievers whose `engines` name it: dense, SEAL).
         options: build options the retriever lists in `index_options`, e.g. shards=4 (dense, SEAL),
-            workers=8 and ray_address="head:6379" (dense on Ray).
+            workers=8 (dense on Ray) and ray_address="head:6379" (dense, SEAL on Ray).
         """
         if len(corpus) == 0:
             raise ValueError("cannot index an empty corpus")

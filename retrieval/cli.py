@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="leave the corpus on disk and index it in chunks (corpora larger than memory; dense: "
                             "one faiss index, IVF/PQ trained on the first 262,144 documents)")
     build.add_argument("--engine", choices=("local", "ray"), default="local",
-                       help="where dense documents are encoded: this process, or Ray Data actors (docs/ray.md)")
+                       help="this process, or Ray: dense documents encoded by Ray Data actors, SEAL's FM-index "
+                            "shards built by Ray tasks (docs/ray.md)")
     build.add_argument("--ray-address", help="with --engine ray: the cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     build.add_argument("--workers", type=int, help="with --engine ray: encoder actors (default: one per CPU)")
     build.add_argument("--shards", type=int, help="dense: faiss shards of successive documents, searched in parallel "

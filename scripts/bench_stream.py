@@ -71,10 +71,15 @@ def parse_args(argv):
     parser.add_argument("--data", nargs="+", help="corpus files (jsonl), smallest first")
     parser.add_argument("--spec", default=SPEC, help="dense retriever spec (an IVF type, searched from disk)")
     parser.add_argument("--queries", default=None, help="dataset whose test queries are searched (default: SciFact)")
+    parser.add_argument("--modes", default="memory,stream",
+                        help="comma list of build modes per corpus: memory (the baseline), stream (default: both)")
     parser.add_argument("--workdir", type=Path, default=Path("results/bench_stream_work"))
     parser.add_argument("--out", type=Path, default=Path("results/bench_stream.json"))
     parser.add_argument("--cell", nargs="+", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if set(args.modes.split(",")) - {"memory", "stream"}:
+        parser.error(f"--modes {args.modes}: choose from memory, stream")
+    return args
 
 
 def main(argv=None) -> None:
@@ -95,7 +100,7 @@ def main(argv=None) -> None:
     child("warmup")
     rows = []
     for data in args.data:
-        for mode in ("memory", "stream"):
+        for mode in args.modes.split(","):
             out = args.workdir / f"{Path(data).stem}-{mode}"
             row = {"data": data, **child("build", mode, data, str(out))}
             if mode == "stream":

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_keymodel
+from conftest import run_python, tiny_keymodel
 from indexes.fmindex import FMIndex
 from retrieval import build_retriever, load_corpus, load_dataset, load_retriever
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder
@@ -243,6 +243,37 @@ def test_sharded_fm_index_returns_the_same_run_and_reloads(tiny_seal, keymodel, 
         sharded.index(corpus, shards=9)
     with pytest.raises(ValueError, match="shards: not an indexing option of a ugr retriever"):
         build_retriever("ugr").index(corpus, shards=2)
+
+
+def test_fm_shards_built_on_ray_give_the_same_run(keymodel, tiny_beir_session, tmp_path):
+    """engine="ray": the shards are built by Ray tasks (a local Ray, in a fresh interpreter so its threads
+    never live inside pytest) and the retriever answers exactly as with shards built here, also reloaded."""
+    pytest.importorskip("ray")
+
+    options = dict(model="bert2bert", beam=4, length=4, title_length=6, fully_score=50, use_index_frequency=False)
+    corpus, queries = load_corpus(tiny_beir_session), load_dataset(tiny_beir_session).queries
+    here = build_retriever("seal", **options)
+    here._keymodel = keymodel
+    here.index(corpus, shards=3)
+    expected = here.search(queries, k=5)
+    code = (
+        "import json, sys; sys.path.insert(0, 'tests')\n"
+        "from conftest import tiny_keymodel\nfrom retrieval import build_retriever, load_corpus\n"
+        f"r = build_retriever('seal', **{options!r})\n"
+        "r._keymodel = tiny_keymodel()  # seeded: the same weights as the fixture's\n"
+        f"r.index(load_corpus({str(tiny_beir_session)!r}), engine='ray', shards=3)\n"
+        f"r.save({str(tmp_path / 'ray')!r})\n"
+        f"print(json.dumps([[s.n_docs for s in r.fm.shards], r.search({queries!r}, k=5)]))"
+    )
+    sizes, on_ray = json.loads(run_python(code).strip().splitlines()[-1])
+    assert sizes == [3, 2, 3]
+    for run in (on_ray, load_retriever(tmp_path / "ray").search(queries, k=5)):
+        assert {q: list(hits) for q, hits in run.items()} == {q: list(hits) for q, hits in expected.items()}
+        assert all(run[q][d] == pytest.approx(score, abs=1e-5) for q in expected for d, score in expected[q].items())
+    with pytest.raises(ValueError, match="ray_address= is an option of engine='ray'"):
+        here.index(corpus, ray_address="head:6379")
+    with pytest.raises(ValueError, match="indexes with engine 'local'"):
+        build_retriever("ugr").index(corpus, engine="ray")
 
 
 def test_seal_through_the_runner_and_mteb(tiny_seal, tiny_beir_session, tmp_path):

@@ -106,7 +106,7 @@ class DenseRetriever(Retriever):
 
     def _index(self, corpus: Corpus, engine: str = "local", shards: int | None = None, workers: int | None = None,
                ray_address: str | None = None) -> None:
-        """engine "local" encodes here; "ray" encodes on Ray (retrieval.dense.ray_engine) with `workers` actors
+        """engine "local" encodes here; "ray" encodes on Ray (retrieval.ray_engine) with `workers` actors
         at `ray_address` (None: a local Ray). `shards` faiss shards of successive documents (default: one
         locally, one per Ray worker), searched in parallel and merged (indexes.faiss_index.join_shards)."""
         if shards is not None:
@@ -120,7 +120,7 @@ class DenseRetriever(Retriever):
             return
         texts = [doc.full_text for doc in corpus]
         if engine == "ray":
-            from retrieval.dense.ray_engine import encode_on_ray
+            from retrieval.ray_engine import encode_on_ray
 
             vectors, workers = encode_on_ray(self.config, texts, workers=workers, address=ray_address)
             shards = shards or min(workers, len(texts))

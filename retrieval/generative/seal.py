@@ -68,7 +68,8 @@ class SEALRetriever(GenerativeRetriever):
 
     kind = "seal"
     method = "SEAL"
-    index_options = ("shards",)
+    engines = ("local", "ray")  # ray: FM-index shards built as Ray tasks
+    index_options = ("shards", "ray_address")
     search_defaults = SEARCH_DEFAULTS
 
     def __init__(self, model: str = "bert2bert", titles: str | bool = "auto", **search):
@@ -88,14 +89,23 @@ class SEALRetriever(GenerativeRetriever):
         titles = self.config["titles"]
         self.uses_titles = any(d.title.strip() for d in corpus) if titles == "auto" else bool(titles)
 
-    def _index(self, corpus: Corpus, shards: int | None = None) -> None:
+    def _index(self, corpus: Corpus, engine: str = "local", shards: int | None = None, ray_address: str | None = None) -> None:
         """shards: build the FM-index as that many shards of successive documents (`ShardedFMIndex`: counts,
-        next tokens and locations merge exactly, so keys, constraints and scores are the same)."""
+        next tokens and locations merge exactly, so keys, constraints and scores are the same). engine "ray"
+        tokenises here and builds the shards as Ray tasks at `ray_address` (None: a local Ray); its shards
+        default to one per CPU of the cluster."""
+        if engine == "local" and ray_address is not None:
+            raise ValueError("ray_address= is an option of engine='ray'")
         if shards is not None and not 1 <= shards <= len(corpus):
             raise ValueError(f"shards={shards}: choose 1..{len(corpus)} (one shard needs at least one document)")
         self.decide_titles(corpus)
         docs = (self.doc_stream(d.title, d.text) for d in tqdm(corpus, desc="SEAL tokenising", unit="doc", mininterval=1.0))
-        self.fm = ShardedFMIndex.build(docs, shards) if shards and shards > 1 else FMIndex.build(docs)
+        if engine == "ray":
+            from retrieval.ray_engine import build_fm_on_ray
+
+            self.fm = build_fm_on_ray(list(docs), shards, address=ray_address)
+        else:
+            self.fm = ShardedFMIndex.build(docs, shards) if shards and shards > 1 else FMIndex.build(docs)
         self.doc_ids = list(corpus.ids)
 
     # ------------------------------------------------------------------ search

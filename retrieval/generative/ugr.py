@@ -54,7 +54,8 @@ class UGRRetriever(SEALRetriever):
     """
 
     kind = "ugr"
-    index_options = ()  # the shared unit/parent index is one FM-index (FMUnits reads its rows directly)
+    engines = ("local",)  # the shared unit/parent index is one FM-index (FMUnits reads its rows directly):
+    index_options = ()  # no shards, so nothing to build on Ray
 
     def __init__(self, model: str = "bert2bert", granularity: str = "passage", units: str | None = None,
                  parents: str | None = None, prompt: str = "hybrid", prompt_length: int = 10,

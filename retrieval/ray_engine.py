@@ -1,12 +1,13 @@
-"""Encoding a corpus on Ray: Ray Data streams the documents through a pool of actors, each of which loads
-the encoder once and encodes batch after batch.
+"""Indexing on Ray: dense retrievers encode the corpus with Ray Data (a pool of actors, each loading the
+encoder once and encoding batch after batch); SEAL builds its FM-index shards as Ray tasks.
 
 `dengen index build ... --engine ray [--ray-address ADDR]` and `retriever.index(corpus, engine="ray")` come
 here. Without an address a local Ray is started on this machine (and stopped afterwards); with one
-(`ray://head:10001` or `head:6379`, or $RAY_ADDRESS) the job joins that cluster. The vectors come back to
-the driver in corpus order, which writes them as faiss shards (retrieval.dense.retriever). Every worker needs
-what the driver has: Python 3.11, `pip install torch==2.13.0 'dengen[dense,onnx,ray]'` and the model's
-package (docs/ray.md).
+(`ray://head:10001` or `head:6379`, or $RAY_ADDRESS) the job joins that cluster. Vectors come back to the
+driver in corpus order, which writes them as faiss shards (retrieval.dense.retriever); FM-index shards come
+back as their arrays. Every worker needs what the driver has: Python 3.11,
+`pip install torch==2.13.0 'dengen[dense,onnx,ray]'` (or `[generative,ray]`) and the model's package
+(docs/ray.md).
 """
 from __future__ import annotations
 
@@ -77,3 +78,33 @@ def encode_on_ray(config: dict, texts: list[str], workers: int | None = None, ad
             if bar.n != len(texts):
                 raise RuntimeError(f"Ray returned {bar.n} of {len(texts)} document vectors")
         return vectors, workers
+
+
+def fm_shard_arrays(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+    """A Ray task: the FM-index arrays of one shard, whose documents arrive as one token stream + lengths
+    (two arrays travel through Ray's object store without pickling a list per document)."""
+    from indexes.fmindex import FMIndex
+
+    return FMIndex.build_arrays(np.split(tokens, np.cumsum(lengths)[:-1]))
+
+
+def build_fm_on_ray(docs: list, shards: int | None = None, address: str | None = None):
+    """A `ShardedFMIndex` over `docs` (token-id sequences, corpus order) whose shards are built by Ray tasks
+    of one CPU each, in parallel; `shards` defaults to the cluster's CPUs. The shards and their merged
+    answers are those of `ShardedFMIndex.build(docs, shards)` in this process."""
+    from indexes.fm_shards import ShardedFMIndex
+    from indexes.fmindex import FMIndex
+
+    with ray_session(address) as ray:
+        if shards is None:
+            shards = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        task = ray.remote(num_cpus=1)(fm_shard_arrays)
+        refs = []
+        for start, end in ShardedFMIndex.split(len(docs), shards):
+            part = [np.asarray(d) for d in docs[start:end]]
+            refs.append(task.remote(np.concatenate(part), np.array([d.size for d in part], dtype=np.int64)))
+        built = []
+        for ref in tqdm(refs, desc=f"FM-index shards on Ray ({len(refs)})", unit="shard"):
+            # copies: arrays from ray.get live in the object store, which a local Ray frees at shutdown
+            built.append(FMIndex(*[np.array(a) for a in ray.get(ref)]))
+        return ShardedFMIndex(built)
