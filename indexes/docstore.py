@@ -1,7 +1,8 @@
 """Document ids (and optionally texts) stored beside an index, in index order.
 
 `docids.txt` maps an engine's integer positions back to document ids; `docs.jsonl` keeps titles and
-texts so search results can show a snippet. Texts are read only when first asked for.
+texts so search results can show a snippet (a loaded retriever opens it as a `CorpusStream`: ids and
+line offsets in memory, each text read from disk when asked for).
 """
 from __future__ import annotations
 
@@ -26,21 +27,3 @@ def write_docstore(folder: Path, ids: list[str], docs: Iterable[tuple[str, str]]
 def read_docids(folder: Path) -> list[str]:
     with open(folder / "docids.txt", encoding="utf-8") as lines:
         return [line.rstrip("\n") for line in lines]
-
-
-class DocTexts:
-    """Lazy {doc id: "title text"} over a saved docs.jsonl (empty when texts were not stored)."""
-
-    def __init__(self, folder: Path | None):
-        self.path = folder / "docs.jsonl" if folder else None
-        self._texts: dict[str, str] | None = None
-
-    def get(self, doc_id: str) -> str | None:
-        if self._texts is None:
-            self._texts = {}
-            if self.path is not None and self.path.is_file():
-                with open(self.path, encoding="utf-8") as lines:
-                    for line in lines:
-                        record = json.loads(line)
-                        self._texts[record["_id"]] = f"{record['title']} {record['text']}".strip()
-        return self._texts.get(doc_id)

@@ -16,9 +16,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from indexes.docstore import DocTexts, write_docstore
+from indexes.docstore import write_docstore
 from indexes.manifest import read_manifest, write_index_dir
-from retrieval.data import Corpus
+from retrieval.data import Corpus, CorpusStream
 from retrieval.errors import IndexLoadError
 from retrieval.run import Hit, Run
 
@@ -51,7 +51,7 @@ class Retriever(ABC):
         self.doc_count = 0
         self.build_seconds: float | None = None
         self.path: Path | None = None  # the saved index it was loaded from; None when built in memory
-        self._texts = DocTexts(None)  # texts of a loaded index, read lazily
+        self._texts: CorpusStream | None = None  # a loaded index's docs.jsonl, opened on first use
         self._corpus: Corpus | None = None  # the corpus of a freshly built index
 
     # ------------------------------------------------------------ public API
@@ -94,7 +94,9 @@ class Retriever(ABC):
     def doc_text(self, doc_id: str) -> str | None:
         if self._corpus is not None:
             return self._corpus[doc_id].full_text if doc_id in self._corpus else None
-        return self._texts.get(doc_id)
+        if self._texts is None and self.path is not None and (self.path / "docs.jsonl").is_file():
+            self._texts = CorpusStream(self.path / "docs.jsonl")  # ids and offsets only: bounded for big corpora
+        return self._texts[doc_id].full_text if self._texts is not None and doc_id in self._texts else None
 
     def holds(self, corpus: Corpus) -> bool:
         """Whether the index already holds exactly `corpus`: the same ids with the same texts."""
@@ -131,7 +133,6 @@ class Retriever(ABC):
         retriever.doc_count = manifest["doc_count"]
         retriever.build_seconds = manifest.get("build_seconds")
         retriever._load_files(path, manifest)
-        retriever._texts = DocTexts(path)
         retriever.path = path
         return retriever
 

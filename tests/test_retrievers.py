@@ -56,6 +56,22 @@ def test_reload_in_a_new_process_gives_the_same_run(built, name):
         assert reloaded[qid] == pytest.approx(dict(expected[qid]), rel=1e-5)
 
 
+def test_a_loaded_index_reads_texts_from_its_docstore_on_disk(built, tmp_path):
+    """Texts of a loaded index come from docs.jsonl by seeking (a CorpusStream holds ids and offsets, not
+    texts), so showing hits stays bounded for big corpora; an index saved without texts gives None."""
+    from retrieval.data import CorpusStream
+
+    retriever, path = built["bm25"]
+    loaded = load_retriever(path)
+    hits = loaded.search_one("what causes scurvy", k=3)
+    assert [h.text for h in hits] == [retriever.doc_text(h.doc_id) for h in hits] and "vitamin C" in hits[0].text
+    assert isinstance(loaded._texts, CorpusStream) and loaded.doc_text("no-such-doc") is None
+    bare = tmp_path / "bare"
+    shutil.copytree(path, bare)
+    (bare / "docs.jsonl").unlink()
+    assert load_retriever(bare, verify=False).doc_text("d2") is None
+
+
 def test_manifest_records_the_build(built):
     manifest = json.loads((built["dense"][1] / "manifest.json").read_text())
     assert manifest["kind"] == "dense" and manifest["doc_count"] == 8 and manifest["dims"] == 384
