@@ -11,6 +11,7 @@ back as their arrays. Every worker needs what the driver has: Python 3.11,
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -26,7 +27,13 @@ def ray_session(address: str | None = None):
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, ray.exceptions.AuthenticationError) as error:
+        where = address or os.environ.get("RAY_ADDRESS", "(a new local Ray)")
+        raise ConnectionError(f"could not join the Ray cluster at {where}: {error}. A cluster started with "
+                              "`ray start` (Ray >= 2.59) wants RAY_AUTH_MODE=token and its token, from "
+                              "~/.ray/auth_token or RAY_AUTH_TOKEN (docs/ray.md)") from error
     try:
         yield ray
     finally:
