@@ -16,7 +16,7 @@ Each (engine, size) cell runs in two fresh subprocesses: "build" (build the inde
 (load it memory-mapped, search the 300 queries), so each phase's peak RSS (VmHWM) is its own. Dense
 recall@10 is measured against Flat's top-10 at the same size. Results go to JSON, plots to docs/scale/.
 
-    nice -n 10 .venv/bin/python scripts/bench_scale.py                    # 10k, 100k, 1M: hours on 2 cores
+    nice -n 10 .venv/bin/python scripts/bench_scale.py                    # 10k, 100k, 1M: ~25 min on 2 cores (+35 min the first time)
     nice -n 10 .venv/bin/python scripts/bench_scale.py --sizes 2000,5000 --out /tmp/scale.json --plots /tmp/scale
 """
 from __future__ import annotations
