@@ -53,6 +53,15 @@ class EncodeBatch:
         return {"row": batch["row"], "vector": vectors}
 
 
+def block_plan(n: int, workers: int, batch_size: int) -> tuple[int, int]:
+    """(blocks, batch size) for `n` rows on `workers` actors: at least 4 blocks a worker where there are rows
+    enough (load balance), and batches no larger than a block, because Ray Data bundles blocks up to the
+    batch size: 300 rows in 2 blocks with batches of 256 went to one actor, which halved the speed of a
+    2-worker cluster (scripts/bench_ray.py)."""
+    blocks = max(1, min(n, max(workers * 4, -(-n // batch_size))))
+    return blocks, max(1, min(batch_size, -(-n // blocks)))
+
+
 def encode_on_ray(config: dict, texts: list[str], workers: int | None = None, address: str | None = None,
                   batch_size: int = 256, cpus_per_worker: float = 1) -> tuple[np.ndarray, int]:
     """(vectors of `texts` in row order, the number of workers) from `workers` actors (default: one per CPU
@@ -70,7 +79,7 @@ def encode_on_ray(config: dict, texts: list[str], workers: int | None = None, ad
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_worker))
         items = [{"row": i, "text": t} for i, t in enumerate(texts)]
-        blocks = max(workers, min(len(items), workers * 4, -(-len(items) // batch_size)))
+        blocks, batch_size = block_plan(len(items), workers, batch_size)
         dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             EncodeBatch, fn_constructor_kwargs={"config": config}, batch_size=batch_size,
             concurrency=workers, num_cpus=cpus_per_worker, batch_format="numpy",

@@ -93,6 +93,16 @@ def test_encoding_on_ray_equals_local(scifact_slice, local_run, tmp_path):
     assert_same_run(local_run, load_retriever(tmp_path / "ray-index").search(queries, k=10))
 
 
+def test_ray_blocks_are_never_bundled_onto_fewer_actors():
+    from retrieval.ray_engine import block_plan
+
+    for n, workers, batch in [(300, 2, 256), (1000, 2, 256), (5, 4, 256), (1, 3, 8), (1_000_000, 16, 256)]:
+        blocks, size = block_plan(n, workers, batch)
+        assert size <= -(-n // blocks) and size <= batch, (n, workers, batch)  # a batch never spans blocks
+        assert blocks >= min(n, workers * 4)  # every actor can get work
+    assert block_plan(1_000_000, 2, 256) == (3907, 256)  # large corpora keep the encoder's batch size
+
+
 def test_engine_refusals(scifact_slice):
     corpus, _ = scifact_slice
     with pytest.raises(ValueError, match="indexes with engine 'local'"):
