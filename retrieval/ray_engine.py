@@ -3,7 +3,7 @@ encoder once and encoding batch after batch); SEAL builds its FM-index shards as
 
 `dengen index build ... --engine ray [--ray-address ADDR]` and `retriever.index(corpus, engine="ray")` come
 here. Without an address a local Ray is started on this machine (and stopped afterwards); with one
-(`ray://head:10001` or `head:6379`, or $RAY_ADDRESS) the job joins that cluster. Vectors come back to the
+(`head:6379`, or $RAY_ADDRESS; `ray://` needs ray[client]) the job joins that cluster. Vectors come back to the
 driver in corpus order, which writes them as faiss shards (retrieval.dense.retriever); FM-index shards come
 back as their arrays. Every worker needs what the driver has: Python 3.11,
 `pip install torch==2.13.0 'dengen[dense,onnx,ray]'` (or `[generative,ray]`) and the model's package
