@@ -45,6 +45,7 @@ class Retriever(ABC):
     kind: ClassVar[str]
     engines: ClassVar[tuple[str, ...]] = ("local",)  # where `index` can run; retrievers with more take engine=
     index_options: ClassVar[tuple[str, ...]] = ()  # keyword options their `_index` takes (shards, workers, ...)
+    RAY_OPTIONS = ("workers", "ray_address")  # index options that only mean something with engine="ray"
 
     def __init__(self, **config):
         self.config = config
@@ -70,6 +71,9 @@ class Retriever(ABC):
         if unknown:
             raise ValueError(f"{', '.join(unknown)}: not an indexing option of a {self.kind} retriever"
                              f" ({', '.join(self.index_options) or 'it has none'})")
+        ray_only = [f"{name}=" for name in self.RAY_OPTIONS if options.get(name) is not None]
+        if engine != "ray" and ray_only:
+            raise ValueError(f"{', '.join(ray_only)} {'is an option' if len(ray_only) == 1 else 'are options'} of engine='ray'")
         start = time.perf_counter()
         if len(self.engines) > 1:  # retrievers that can index elsewhere are told where
             options["engine"] = engine

@@ -51,3 +51,15 @@ def status_bytes(field: str) -> int | None:
             return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
     except (OSError, StopIteration):
         return None
+
+
+def minilm_tokenizer():
+    """MiniLM's WordPiece tokenizer for indexing whole texts as token ids (FM-index benchmarks): nothing is
+    fed to the model, so the length limit is lifted (no truncation, no length warning)."""
+    from transformers import AutoTokenizer
+
+    from retrieval.models import model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path("minilm")))
+    tokenizer.model_max_length = 10**9
+    return tokenizer

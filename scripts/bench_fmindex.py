@@ -33,11 +33,10 @@ from typing import Callable
 
 import numpy as np
 
-from bench_common import machine_info, timed, write_json
+from bench_common import machine_info, minilm_tokenizer, timed, write_json
 from indexes.fmindex import FMIndex
 from indexes.manifest import folder_bytes, read_manifest
 from retrieval.data import load_corpus, shared_data
-from retrieval.models import model_path
 
 NGRAM_LENGTHS = (1, 2, 4, 8)
 LOCATE_LIMIT = 100
@@ -94,11 +93,8 @@ def latency_us(call: Callable[[object], object], queries: list) -> dict:
 
 
 def scifact_token_docs(data: Path) -> tuple[list[np.ndarray], dict]:
-    from transformers import AutoTokenizer
-
     corpus = load_corpus(data)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path("minilm")))
-    tokenizer.model_max_length = 10**9  # whole documents are indexed, nothing is fed to the model: no length warning
+    tokenizer = minilm_tokenizer()
     texts = [f"{doc.title} [SEP] {doc.text}" for doc in corpus]
     start = time.perf_counter()
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from bench_common import machine_info, timed, write_json
+from bench_common import machine_info, minilm_tokenizer, timed, write_json
 
 from retrieval.data import load_dataset, shared_data
 
@@ -41,10 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from transformers import AutoTokenizer
-
     from indexes.fm_shards import ShardedFMIndex
-    from retrieval.models import model_path
     from retrieval.ray_engine import build_fm_on_ray, encode_on_ray, ray_session
     from retrieval.spec import parse_spec
 
@@ -54,9 +51,7 @@ def main(argv=None) -> None:
     retriever = parse_spec(args.spec)
     retriever.encoder.encode_documents(texts[:8], progress=False)  # the model is loaded before timing
     local_vectors, local_s = timed(lambda: retriever.encoder.encode_documents(texts, progress=False))
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path("minilm")))
-    tokenizer.model_max_length = 10**9
-    docs = [np.asarray(ids, dtype=np.int64) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    docs = [np.asarray(ids, dtype=np.int64) for ids in minilm_tokenizer()(texts, add_special_tokens=False)["input_ids"]]
     local_fm, local_fm_s = timed(lambda: ShardedFMIndex.build(docs, args.workers))
 
     started = time.perf_counter()

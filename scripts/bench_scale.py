@@ -39,7 +39,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from bench_common import cpu_model, machine_info, status_bytes, timed, write_json
+from bench_common import cpu_model, machine_info, minilm_tokenizer, status_bytes, timed, write_json
 from retrieval.data import Doc, jsonl_records, load_corpus, load_dataset, shared_data, write_corpus
 
 K = 10
@@ -306,16 +306,6 @@ def bm25_search(engine: str, n: int, work: Path, repeats: int) -> dict:
     retriever.search(queries, K)  # warm-up: one pass leaves the JIT warm
     qps, _ = best_qps(lambda: retriever.search(queries, K), len(queries), repeats)
     return {"load_seconds": load_s, "qps": qps, "threads": retriever.threads}
-
-
-def minilm_tokenizer():
-    from transformers import AutoTokenizer
-
-    from retrieval.models import model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path("minilm")))
-    tokenizer.model_max_length = 10**9  # whole passages are indexed, nothing is fed to the model: no length warning
-    return tokenizer
 
 
 def token_ids(tokenizer, texts: list[str], batch: int = 10_000) -> list[np.ndarray]:

@@ -103,6 +103,27 @@ def test_ray_blocks_are_never_bundled_onto_fewer_actors():
     assert block_plan(1_000_000, 2, 256) == (3907, 256)  # large corpora keep the encoder's batch size
 
 
+def test_a_refused_ray_join_names_the_address_and_the_token_setting():
+    """ray.init refusing the driver (Ray >= 2.59's token authentication) becomes a ConnectionError that says
+    where and how; ray.init is replaced in a fresh interpreter, so no Ray starts and none lives in pytest."""
+    pytest.importorskip("ray")
+    code = (
+        "import ray\nfrom retrieval.ray_engine import ray_session\n"
+        "def refuse(**kwargs):\n"
+        "    raise ray.exceptions.AuthenticationError('RPC error: InvalidAuthToken')\n"
+        "ray.init = refuse\n"
+        "try:\n"
+        "    with ray_session('head:6379'):\n"
+        "        pass\n"
+        "except ConnectionError as error:\n"
+        "    print(type(error.__cause__).__name__, '|', error)\n"
+    )
+    cause, message = run_python(code).strip().splitlines()[-1].split(" | ")
+    assert cause == "AuthenticationError"
+    assert "could not join the Ray cluster at head:6379" in message and "InvalidAuthToken" in message
+    assert "RAY_AUTH_MODE=token" in message and "docs/ray.md" in message
+
+
 def test_engine_refusals(scifact_slice):
     corpus, _ = scifact_slice
     with pytest.raises(ValueError, match="indexes with engine 'local'"):

@@ -111,8 +111,6 @@ class DenseRetriever(Retriever):
         locally, one per Ray worker), searched in parallel and merged (indexes.faiss_index.join_shards)."""
         if shards is not None:
             shard_bounds(len(corpus), shards)  # refuse an impossible count before encoding
-        if engine == "local" and (workers is not None or ray_address is not None):
-            raise ValueError("workers= and ray_address= are options of engine='ray'")
         if isinstance(corpus, CorpusStream) and engine == "local":
             if shards not in (None, 1):
                 raise ValueError("a streamed corpus is indexed as one faiss index (shards=1)")

@@ -94,8 +94,6 @@ class SEALRetriever(GenerativeRetriever):
         next tokens and locations merge exactly, so keys, constraints and scores are the same). engine "ray"
         tokenises here and builds the shards as Ray tasks at `ray_address` (None: a local Ray); its shards
         default to one per CPU of the cluster."""
-        if engine == "local" and ray_address is not None:
-            raise ValueError("ray_address= is an option of engine='ray'")
         if shards is not None and not 1 <= shards <= len(corpus):
             raise ValueError(f"shards={shards}: choose 1..{len(corpus)} (one shard needs at least one document)")
         self.decide_titles(corpus)
