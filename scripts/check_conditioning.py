@@ -9,7 +9,11 @@ of 40 held-out sentences whose most likely first token is one of their own token
 first tokens those 40 get. Plain AdamW at a constant learning rate, gradient norm clipped at 1.
 
     .venv/bin/python scripts/check_conditioning.py                        # bert2bert, 400 steps: ~8 min on 2 cores
+    .venv/bin/python scripts/check_conditioning.py --backbone smollm2-135m --layout copy --lora 8 --lr 1e-3 --batch-size 8
     .venv/bin/python scripts/check_conditioning.py --steps 5000 --lr 1e-4  # on a GPU (used when there is one)
+
+`--layout copy` lays the sentence out as issue 19's one-shot prompt ("Sentence: ...\nFour consecutive words
+from the sentence:"); `--lora R` trains LoRA adapters of rank R on the attention's q and v projections.
 """
 from __future__ import annotations
 
@@ -21,8 +25,12 @@ from pathlib import Path
 import torch
 
 from retrieval.data import load_corpus, shared_data
-from retrieval.generative.keymodel import BACKBONES, KeyModel
+from retrieval.generative.keymodel import KeyModel
 from bench_common import machine_info, write_json
+
+
+COPY_LAYOUT = {"*": "Sentence: the cat sat on the mat next to the door\nFour consecutive words from the sentence: "
+                    "on the mat next\n\nSentence: {source}\nFour consecutive words from the sentence:"}
 
 
 def sentences(seed: int) -> list[list[str]]:
@@ -43,7 +51,9 @@ def probe(keymodel: KeyModel, held_out: list[list[str]]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="bert2bert", choices=BACKBONES)
+    parser.add_argument("--backbone", default="bert2bert", help="bert2bert, a registry name or a Hugging Face folder")
+    parser.add_argument("--layout", default="plain", choices=("plain", "copy"))
+    parser.add_argument("--lora", type=int, default=0, help="LoRA rank (0: full fine-tuning)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -57,9 +67,11 @@ def main() -> None:
     rng = random.Random(args.seed)
     found = sentences(args.seed)
     held_out, train = found[:40], found[40:]
-    keymodel = KeyModel.create(args.backbone, seed=args.seed)
+    keymodel = KeyModel.create(args.backbone, seed=args.seed, layout=COPY_LAYOUT if args.layout == "copy" else "plain")
+    if args.lora:
+        keymodel.add_lora(r=args.lora, alpha=2 * args.lora)
     keymodel.model.to(device).train()
-    optimizer = torch.optim.AdamW(keymodel.model.parameters(), lr=args.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([p for p in keymodel.model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01)
     machine = machine_info(("torch", "transformers"))
     history = [{"step": 0, "loss": None, **probe(keymodel, held_out)}]
     print(history[0], flush=True)

@@ -423,8 +423,12 @@ def test_recipe_trains_saves_reloads_and_writes_records(tmp_path):
 def test_bad_models_and_options_are_refused(tmp_path):
     from retrieval.generative.keymodel import KeyModel
 
-    with pytest.raises(ValueError, match="unknown backbone 't5'"):
+    from retrieval.errors import ModelNotAvailable
+
+    with pytest.raises(ModelNotAvailable, match="unknown model 't5'"):
         KeyModel.create("t5")
+    with pytest.raises(ValueError, match="unknown key model layout 'oneshoot'"):
+        build_retriever("seal", prompt="oneshoot")
     with pytest.raises(FileNotFoundError, match="keymodel.json"):
         KeyModel.load(tmp_path)
     with pytest.raises(ValueError, match="unknown SEAL option"):

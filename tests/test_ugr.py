@@ -108,14 +108,14 @@ def test_without_a_prompt_the_key_model_is_the_plain_transformers_model():
     reference = logits.log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1) * (target != km.pad_id)
     assert torch.allclose(logprobs.detach(), reference, atol=1e-6)
     # a prompt set and removed again leaves every output as it was
-    before = (km.first_token_logprobs(SOURCES[0]), km.next_token_logprobs(SOURCES, [[], [2003]]),
+    before = (km.first_token_logprobs(SOURCES[0]), km.continuation_logprobs(km.context(SOURCES), [0, 1], [[], [2003]]),
               km.generate(SOURCES, num_beams=3, max_new_tokens=3))
     TaskPrompt.create(km, "hybrid", length=2, tune_model=False).attach(km, task="sentence")
     assert not torch.allclose(km.target_logprobs(SOURCES, tg)[0], logprobs)
     km.set_prompt(None)
     assert all(p.requires_grad for p in km.model.parameters()) and "task_prompt" not in dict(km.model.named_children())
     assert torch.equal(km.target_logprobs(SOURCES, tg)[0], logprobs)
-    after = (km.first_token_logprobs(SOURCES[0]), km.next_token_logprobs(SOURCES, [[], [2003]]),
+    after = (km.first_token_logprobs(SOURCES[0]), km.continuation_logprobs(km.context(SOURCES), [0, 1], [[], [2003]]),
              km.generate(SOURCES, num_beams=3, max_new_tokens=3))
     assert (before[0] == after[0]).all() and torch.equal(before[1], after[1]) and before[2] == after[2]
 

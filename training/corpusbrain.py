@@ -21,7 +21,7 @@ from pathlib import Path
 
 from training.generative_eval import (config_signature, recipe_args, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
                                        sample_queries, save_run, timed_search, verify_reload, write_records)
-from training.keymodel_train import train_or_reuse
+from training.keymodel_train import start_keymodel, train_or_reuse
 from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
@@ -29,7 +29,9 @@ DEFAULTS = {
     "corpus_file": "pages.jsonl.gz",  # inside `data` (null: the folder's corpus)
     "split": "test-page",  # queries and qrels of this split
     "identifier": "auto",  # "title", "id" (LIMIT: documents are named by their ids) or "auto"
-    "backbone": "bert2bert",
+    "backbone": "bert2bert",  # any key model: "bert2bert", "smollm2-135m", or a Hugging Face folder
+    "layout": "plain",  # how sources are laid out (retrieval.generative.keymodel.LAYOUTS), e.g. "oneshot"
+    "lora": None,  # {r, alpha, dropout, targets}: LoRA adapters through peft instead of full fine-tuning
     "max_source_tokens": 64,  # sources are cut to this many tokens (the reference: BART's 1024 positions)
     "min_title_chars": 4,  # CorpusBrain's page filter (utils/filter_corpus.py)
     "min_doc_words": 128,
@@ -56,7 +58,7 @@ DEFAULTS = {
     "report": "results/corpusbrain-report",
 }
 STAGE_KEYS = {  # the config keys each stage's model depends on (a saved model with the same signature is reused)
-    "pretrained": ["data", "corpus_file", "identifier", "backbone", "max_source_tokens", "min_title_chars", "min_doc_words",
+    "pretrained": ["data", "corpus_file", "identifier", "backbone", "layout", "lora", "max_source_tokens", "min_title_chars", "min_doc_words",
                    "pretrain_epochs", "batch_size", "lr", "warmup", "max_steps", "max_target_tokens", "seed"],
     "finetuned": ["split", "finetune_fraction", "finetune_epochs"],
 }
@@ -175,14 +177,13 @@ def main(argv: list[str] | None = None) -> dict:
                                        min_doc_words=config["min_doc_words"])
     info = {"pretraining_examples": pretraining.counts, "pretraining_stats": pretraining.stats}
     info["pretrained"] = train_stage(out / "pretrained", "pretrained", config,
-                                     lambda: KeyModel.create(config["backbone"], seed=config["seed"],
-                                                             max_source_tokens=config["max_source_tokens"]),
+                                     lambda: start_keymodel(config, max_source_tokens=config["max_source_tokens"]),
                                      [(e.source, e.target) for e in pretraining.examples], config["pretrain_epochs"])
     stages = ["pretrained"]
     if train_queries:
         pairs = [(text, identifiers[doc]) for q, text in train_queries.items()
                  for doc, grade in sorted(dataset.qrels[q].items()) if grade > 0]
-        info["finetuned"] = train_stage(out / "finetuned", "finetuned", config, lambda: KeyModel.load(out / "pretrained"),
+        info["finetuned"] = train_stage(out / "finetuned", "finetuned", config, lambda: KeyModel.load(out / "pretrained", trainable=True),
                                         pairs, config["finetune_epochs"])
         info["finetune_queries"] = len(train_queries)
         stages.append("finetuned")

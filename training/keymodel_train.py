@@ -18,7 +18,8 @@ def train_keymodel(keymodel, examples: list[tuple[str, str]], config: dict, *, p
     """Teacher-forced cross-entropy on (source, target + eos); AdamW, linear warm-up and decay.
 
     `config` keys: seed, device ("auto": CUDA when there is one), max_target_tokens, batch_size, epochs,
-    max_steps (None: no cap), lr, warmup (a fraction of the steps). The model is back on the CPU after."""
+    max_steps (None: no cap), lr, warmup (a fraction of the steps). Only trainable parameters are optimised
+    (LoRA adapters alone after `KeyModel.add_lora`). The model is back on the CPU after."""
     import torch
     from tqdm import tqdm
 
@@ -28,9 +29,9 @@ def train_keymodel(keymodel, examples: list[tuple[str, str]], config: dict, *, p
     targets = [keymodel.tokens(t)[: config["max_target_tokens"] - 1] + [keymodel.eos_id] for _, t in examples]
     batch = config["batch_size"]
     total = math.ceil(len(examples) / batch) * config["epochs"]
-    if config["max_steps"]:
+    if config["max_steps"] is not None:  # 0: no training (a zero-shot key model, saved as a reference)
         total = min(total, config["max_steps"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config["lr"], weight_decay=0.01)
     schedule = linear_warmup(optimizer, total, config["warmup"])
     rng = np.random.default_rng(config["seed"])
     losses, step, started = [], 0, time.perf_counter()
@@ -46,10 +47,25 @@ def train_keymodel(keymodel, examples: list[tuple[str, str]], config: dict, *, p
             step += 1
     bar.close()
     model.eval().cpu()
+    if step and keymodel.lora is None:
+        keymodel.owns_weights = True  # fully trained: its own weights now
     seconds = time.perf_counter() - started
-    return {"examples": len(examples), "device": device, "steps": step, "seconds": round(seconds, 1),
+    return {"examples": len(examples), "device": device, "steps": step,
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad), "seconds": round(seconds, 1),
             "seconds_per_step": round(seconds / max(1, step), 3),
-            "loss_first20": round(float(np.mean(losses[:20])), 4), "loss_last20": round(float(np.mean(losses[-20:])), 4)}
+            "loss_first20": round(float(np.mean(losses[:20])), 4) if losses else None,
+            "loss_last20": round(float(np.mean(losses[-20:])), 4) if losses else None}
+
+
+def start_keymodel(config: dict, **create):
+    """A new key model for a recipe: `backbone` (any model KeyModel.create takes), `layout`, and LoRA
+    adapters when `lora` is set ({r, alpha, dropout, targets}; null: full fine-tuning)."""
+    from retrieval.generative.keymodel import KeyModel
+
+    keymodel = KeyModel.create(config["backbone"], seed=config["seed"], layout=config.get("layout", "plain"), **create)
+    if config.get("lora"):
+        keymodel.add_lora(**config["lora"])
+    return keymodel
 
 
 def train_or_reuse(folder: Path, signature: str, start: Callable, examples: Callable[[], list], config: dict, *,

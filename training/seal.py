@@ -25,14 +25,16 @@ from pathlib import Path
 
 from training.generative_eval import (config_signature, recipe_args, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
                                        sample_queries, save_run, timed_search, verify_reload, write_records)
-from training.keymodel_train import train_or_reuse
+from training.keymodel_train import start_keymodel, train_or_reuse
 from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
     "data": "../shared/data/scifact",
-    "train_split": "train",  # null: corpus spans only (no training queries, e.g. LIMIT)
+    "train_split": "train",  # null: corpus spans only; "rest": the test split's queries outside query_sample
     "test_split": "test",
-    "backbone": "bert2bert",
+    "backbone": "bert2bert",  # any key model: "bert2bert", "smollm2-135m", or a Hugging Face folder
+    "layout": "plain",  # how sources are laid out (retrieval.generative.keymodel.LAYOUTS), e.g. "oneshot"
+    "lora": None,  # {r, alpha, dropout, targets}: LoRA adapters through peft instead of full fine-tuning
     "span_words": 10,
     "supervised_spans": 3,
     "temperature": 1.0,
@@ -65,6 +67,8 @@ ABLATIONS = {  # name -> search options that differ from the full model
     "no_constraints": {"constrained": False},
     "single_key": {"single_key": 1.0},
     "lm_weights": {"use_index_frequency": False},
+    "subword_keys": {"whole_words": False},  # for recipes that search with whole_words (the reference's keys)
+    "no_unigrams": {"unigram_scores": False},
 }
 ABLATION_OPTIONS = sorted({k for options in ABLATIONS.values() for k in options})
 
@@ -211,7 +215,7 @@ def evaluate_seal(index_folder: Path, test, config: dict, queries: dict[str, str
 
 
 def training_signature(config: dict) -> str:
-    keys = ["data", "train_split", "backbone", "span_words", "supervised_spans", "temperature", "full_doc",
+    keys = ["data", "train_split", "test_split", "query_sample", "backbone", "layout", "lora", "span_words", "supervised_spans", "temperature", "full_doc",
             "title_samples", "span_samples", "input_words", "epochs", "max_steps", "batch_size", "lr", "warmup",
             "max_target_tokens", "seed"]
     return config_signature(config, keys)
@@ -226,7 +230,6 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from retrieval import build_retriever, load_dataset
-    from retrieval.generative.keymodel import KeyModel
     torch.set_num_threads(config["threads"])
     out = Path(config["out"])
     test = load_dataset(config["data"], config["test_split"])
@@ -241,14 +244,19 @@ def main(argv: list[str] | None = None) -> dict:
     def examples() -> list[tuple[str, str]]:
         rng = random.Random(config["seed"])
         pairs = []
-        if config["train_split"]:
+        if config["train_split"] == "rest":  # e.g. LIMIT: the queries that are not evaluated train
+            full = load_dataset(config["data"], config["test_split"])
+            rest = {q: t for q, t in full.queries.items() if q not in queries}
+            pairs += supervised_examples(dataclasses.replace(full, queries=rest, qrels={q: full.qrels[q] for q in rest if q in full.qrels}),
+                                         config, rng)
+        elif config["train_split"]:
             pairs += supervised_examples(load_dataset(config["data"], config["train_split"]), config, rng)
         counts["supervised_examples"] = len(pairs)
         pairs += unsupervised_examples(test.corpus, config, rng)
         counts["unsupervised_examples"] = len(pairs) - counts["supervised_examples"]
         return pairs
 
-    info = train_or_reuse(model_folder, training_signature(config), lambda: KeyModel.create(config["backbone"], seed=config["seed"]),
+    info = train_or_reuse(model_folder, training_signature(config), lambda: start_keymodel(config),
                           examples, config, desc="seal train", extra=counts)
 
     seal = build_retriever("seal", model=str(model_folder), **config["search"])

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from training.generative_eval import (config_signature, recipe_args, evaluate_baselines, load_run, run_digest, rewrite_records, sample_queries,
                                        save_run, timed_search, verify_reload, write_records)
-from training.keymodel_train import train_or_reuse
+from training.keymodel_train import start_keymodel, train_or_reuse
 from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
@@ -42,7 +42,9 @@ DEFAULTS = {
     "prompt_length": 10,
     "per_task": True,
     "mix": "proportional",  # "proportional": the union (each task as its data); "uniform": each task resampled to the largest
-    "backbone": "bert2bert",
+    "backbone": "bert2bert",  # any key model: "bert2bert", "smollm2-135m", or a Hugging Face folder
+    "layout": "plain",  # how sources are laid out (retrieval.generative.keymodel.LAYOUTS), e.g. "oneshot"
+    "lora": None,  # {r, alpha, dropout, targets}: LoRA adapters through peft instead of full fine-tuning
     "span_words": 10,  # SEAL's supervised examples (training/seal.py)
     "supervised_spans": 3,
     "temperature": 1.0,
@@ -67,7 +69,7 @@ DEFAULTS = {
 }
 CORPORA = {"squad": ("paragraph", "page"), "scifact": ("sentence", "document")}  # name -> (units, parents)
 DATASET = {"page": "squad-v1.1-dev", "paragraph": "squad-v1.1-dev", "document": "scifact", "sentence": "scifact-claims"}
-TRAINING_KEYS = ["data", "squad_train_fraction", "train_queries", "prompt_length", "mix", "backbone", "span_words",
+TRAINING_KEYS = ["data", "squad_train_fraction", "train_queries", "prompt_length", "mix", "backbone", "layout", "lora", "span_words",
                  "supervised_spans", "temperature", "epochs", "max_steps", "batch_size", "lr", "warmup",
                  "max_target_tokens", "seed"]
 
@@ -108,7 +110,6 @@ def training_examples(units: dict, config: dict) -> dict[str, list]:
 
 def train_models(out: Path, units: dict, config: dict) -> dict[str, dict]:
     """Train (or reuse) every model; {model name: {"folder", "granularities", "design", "training"}}."""
-    from retrieval.generative.keymodel import KeyModel
     from retrieval.generative.prompts import TaskPrompt
     from training.ugr_data import multitask_examples
 
@@ -121,7 +122,7 @@ def train_models(out: Path, units: dict, config: dict) -> dict[str, dict]:
 
     def create(design: str):
         def start():
-            km = KeyModel.create(config["backbone"], seed=config["seed"])
+            km = start_keymodel(config)
             if design != "none":
                 TaskPrompt.create(km, design, length=config["prompt_length"]).attach(km)
             return km

@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import ClassVar
 
 from retrieval.api import Retriever
-from retrieval.generative.keymodel import BACKBONES, KeyModel
+from pathlib import Path
+
+from retrieval.generative.keymodel import CONFIG_FILE, KeyModel, layout_templates
 
 
 class GenerativeRetriever(Retriever):
-    """A retriever over a `KeyModel`: `config["model"]` is a saved model folder, or a backbone name for an
-    untrained model (only useful for tests); `search_defaults` are its search-time options."""
+    """A retriever over a `KeyModel`: `config["model"]` is a saved key model folder (one with keymodel.json),
+    or an untrained model ("bert2bert", a registry name such as "smollm2-135m", or a Hugging Face folder);
+    `layout` (None: the saved model's own, else "plain") lays queries out for it, e.g. "oneshot" for a
+    zero-shot prompt; `search_defaults` are its search-time options."""
 
     search_defaults: ClassVar[dict]
     method: ClassVar[str]  # the method's name in messages
@@ -18,6 +22,8 @@ class GenerativeRetriever(Retriever):
     def __init__(self, model: str, search: dict, **config):
         self._check_options(search)
         super().__init__(model=str(model), **config, **{**self.search_defaults, **search})
+        if self.layout is not None:
+            layout_templates(self.layout)  # fails early on an unknown name
         self._keymodel: KeyModel | None = None
 
     def _check_options(self, options: dict) -> None:
@@ -31,8 +37,19 @@ class GenerativeRetriever(Retriever):
         self.config.update(options)
 
     @property
+    def layout(self) -> str | dict | None:
+        """The key model layout asked for (SEAL and CorpusBrain call it `prompt`; UGR, whose `prompt` is
+        its task prompt design, calls it `layout`)."""
+        return self.config.get("prompt")
+
+    @property
     def keymodel(self) -> KeyModel:
         if self._keymodel is None:
-            name = self.config["model"]
-            self._keymodel = KeyModel.create(name) if name in BACKBONES else KeyModel.load(name)
+            name, layout = self.config["model"], self.layout
+            if (Path(name) / CONFIG_FILE).is_file():
+                self._keymodel = KeyModel.load(name)
+                if layout is not None:
+                    self._keymodel.set_layout(layout)
+            else:
+                self._keymodel = KeyModel.create(name, layout=layout or "plain")
         return self._keymodel

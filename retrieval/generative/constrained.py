@@ -112,7 +112,7 @@ class KeyRecorder:
         return self.keys[b].get(prefix, float("-inf"))
 
 
-def diverse_beam_search(keymodel, sources: list[str], *, num_beams: int, groups: int, penalty: float,
+def diverse_beam_search(keymodel, sources, *, num_beams: int, groups: int = 1, penalty: float = 0.0,
                         max_new_tokens: int, allowed=None) -> list[dict[tuple[int, ...], float]]:
     """Diverse beam search (Vijayakumar et al., AAAI 2018) with Hamming diversity; returns the keys.
 
@@ -123,7 +123,10 @@ def diverse_beam_search(keymodel, sources: list[str], *, num_beams: int, groups:
     group and no penalty this is beam search (the tests check it against Hugging Face's).
 
     Hugging Face `generate` moved group beam search to a hub repository (unreachable offline), hence this
-    loop; it re-runs the model over each full prefix (no cache), which is cheap for n-grams of ~10 tokens.
+    loop. Each source is read once (`KeyModel.context`: the prompt's key/value cache, or the encoder
+    states) and each step feeds only each beam's newest token (`KeyModel.extend`), so the prompt is
+    never re-read per beam or step as `generate` does it; SEAL decodes with this loop (groups=1 is beam
+    search) for that reason.
     """
     import torch
 
@@ -131,14 +134,22 @@ def diverse_beam_search(keymodel, sources: list[str], *, num_beams: int, groups:
         raise ValueError(f"num_beams ({num_beams}) must be a multiple of groups ({groups})")
     size = num_beams // groups
     eos = keymodel.eos_id
+    context = sources if hasattr(sources, "first") else keymodel.context(sources)  # a SourceContext already
+    sources = context.sources
     keys: list[dict[tuple[int, ...], float]] = [{} for _ in sources]
     # per source and group: running beams as (prefix, penalised score, log-probability)
     beams = [[[((), 0.0, 0.0)] for _ in range(groups)] for _ in sources]
+    state = keymodel.decoding_state(context)  # one row per source; then one per running beam
+    state_row = {(b, g, ()): b for b in range(len(sources)) for g in range(groups)}  # a beam's row in `state`
     for step_number in range(max_new_tokens):
         rows = [(b, g, beam) for b in range(len(sources)) for g in range(groups) for beam in beams[b][g]]
         if not rows:
             break
-        logprobs = keymodel.next_token_logprobs([sources[b] for b, _, _ in rows], [beam[0] for _, _, beam in rows])
+        if step_number == 0:
+            logprobs = context.first[[b for b, _, _ in rows]].clone()
+        else:  # each beam's parent row, extended by the beam's last token
+            parents = [state_row[(b, g, beam[0][:-1])] for b, g, beam in rows]
+            logprobs, state = keymodel.extend(state, parents, [beam[0][-1] for _, _, beam in rows])
         if allowed is not None:
             mask = torch.full_like(logprobs, float("-inf"))
             for i, (b, _, beam) in enumerate(rows):
@@ -147,6 +158,8 @@ def diverse_beam_search(keymodel, sources: list[str], *, num_beams: int, groups:
         if step_number == 0:
             logprobs[:, eos] = float("-inf")  # an empty key means nothing (generate's min_new_tokens=1)
         row_of = {(b, g, beam[0]): i for i, (b, g, beam) in enumerate(rows)}
+        if step_number > 0:
+            state_row = row_of  # `state` now holds this step's rows
         for b in range(len(sources)):
             chosen = torch.zeros(logprobs.shape[1])
             for g in range(groups):

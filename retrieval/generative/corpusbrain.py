@@ -35,9 +35,10 @@ class CorpusBrainRetriever(GenerativeRetriever):
     """Generative retrieval by title generation under a prefix trie.
 
     Args:
-        model: a folder saved by `training/corpusbrain.py` (KeyModel), or a backbone name for an untrained
-            model (only useful for tests).
+        model: a folder saved by `training/corpusbrain.py` (KeyModel), or an untrained model ("bert2bert",
+            a registry name such as "smollm2-135m", or a Hugging Face folder).
         identifier: "title", "id", or "auto" (titles when every document has one, else ids).
+        prompt: the key model's layout (`keymodel.LAYOUTS` name or template dict; None: the model's own).
         **search: any of SEARCH_DEFAULTS.
 
     Example:
@@ -50,10 +51,10 @@ class CorpusBrainRetriever(GenerativeRetriever):
     method = "CorpusBrain"
     search_defaults = SEARCH_DEFAULTS
 
-    def __init__(self, model: str = "bert2bert", identifier: str = "auto", **search):
+    def __init__(self, model: str = "bert2bert", identifier: str = "auto", prompt: str | dict | None = None, **search):
         if identifier not in ("auto", "title", "id"):
             raise ValueError(f"identifier must be 'auto', 'title' or 'id', got {identifier!r}")
-        super().__init__(model, search, identifier=identifier)
+        super().__init__(model, search, identifier=identifier, prompt=prompt)
         self.trie: TitleTrie | None = None
         self.doc_ids: list[str] = []
         self.identifiers: list[list[int]] = []  # per document (corpus order): its identifier's token ids

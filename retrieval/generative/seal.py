@@ -24,7 +24,7 @@ from indexes.docstore import read_docids
 from indexes.fm_shards import ShardedFMIndex
 from indexes.fmindex import FMIndex
 from retrieval.data import Corpus
-from retrieval.generative.constrained import IndexConstraint, KeyRecorder, diverse_beam_search
+from retrieval.generative.constrained import IndexConstraint, diverse_beam_search
 from retrieval.generative.base import GenerativeRetriever
 from retrieval.generative.keymodel import KeyModel
 from retrieval.generative.seal_scoring import query_ngrams, rank_documents
@@ -42,12 +42,14 @@ SEARCH_DEFAULTS = {
     "unigram_scores": True,
     "single_key": 0.0,  # 1.0: score by the best key only, no intersective aggregation (ablation)
     "use_index_frequency": True,  # False: weights from the model alone, "LM" scoring (ablation)
+    "whole_words": False,  # True: only keys that end a word somewhere in the corpus count (not in the reference)
     "alpha": 2.0,
     "beta": 0.8,
     "smoothing": 5.0,
     "max_hits": 1500,
     "fully_score": 1500,
     "batch_size": 8,
+    "dtype": "float32",  # "bfloat16": the key model's forward passes in bf16 (faster on CPUs with bf16 units)
 }
 
 
@@ -55,9 +57,11 @@ class SEALRetriever(GenerativeRetriever):
     """Generative retrieval with n-gram identifiers over an FM-index.
 
     Args:
-        model: a folder saved by `training/seal.py` (KeyModel), or a backbone name ("bert2bert",
-            "smollm2-135m") for an untrained model (only useful for tests).
+        model: a folder saved by `training/seal.py` (KeyModel), or an untrained model: "bert2bert" (only
+            useful for tests), a registry name ("smollm2-135m") or a Hugging Face folder.
         titles: "auto" (use titles when the corpus has any), True or False.
+        prompt: the key model's layout (`keymodel.LAYOUTS` name or template dict; None: the model's own).
+            `model="smollm2-135m", prompt="oneshot"` is zero-shot SEAL: an untrained LM asked in a prompt.
         **search: any of SEARCH_DEFAULTS.
 
     Example:
@@ -72,11 +76,13 @@ class SEALRetriever(GenerativeRetriever):
     index_options = ("shards", "ray_address")
     search_defaults = SEARCH_DEFAULTS
 
-    def __init__(self, model: str = "bert2bert", titles: str | bool = "auto", **search):
-        super().__init__(model, search, titles=titles)
+    def __init__(self, model: str = "bert2bert", titles: str | bool = "auto", prompt: str | dict | None = None,
+                 **search):
+        super().__init__(model, search, titles=titles, prompt=prompt)
         self.fm: FMIndex | None = None
         self.doc_ids: list[str] = []
         self.uses_titles = False
+        self._first: dict = {}  # first-step log-probabilities of the sources generate_keys read last
 
     # ------------------------------------------------------------------ indexing
     def doc_stream(self, title: str, text: str) -> list[int]:
@@ -120,7 +126,13 @@ class SEALRetriever(GenerativeRetriever):
 
     def rank(self, query: str, keys: dict[tuple[int, ...], float], k: int) -> dict[str, float]:
         """{doc id: score} of the top `k` documents for `query` given its keys (from `generate_keys`)."""
-        first = self.keymodel.first_token_logprobs(f"{query} || body") if self.config["unigram_scores"] else None
+        first = None
+        if self.config["unigram_scores"]:
+            source = f"{query} || body"
+            first = self._first.pop(source, None)  # kept by generate_keys, which read this source already
+            if first is None:
+                self.keymodel.set_dtype(self.config["dtype"])
+                first = self.keymodel.first_token_logprobs(source)
         index, ids = self.ranked_units()
         top = sorted(self.score_keys(keys, first, index).items(), key=lambda item: -item[1])[:k]
         return {ids[doc]: float(score) for doc, score in top}
@@ -134,29 +146,47 @@ class SEALRetriever(GenerativeRetriever):
         return rank_documents(
             keys, index, unigram_logprobs=first_logprobs, alpha=c["alpha"], beta=c["beta"], smoothing=c["smoothing"],
             max_hits=c["max_hits"], fully_score=c["fully_score"], single_key=c["single_key"],
-            use_index_frequency=c["use_index_frequency"],
+            use_index_frequency=c["use_index_frequency"], keep=self.ends_word if c["whole_words"] else None,
         )
 
+    def ends_word(self, key: tuple[int, ...]) -> bool:
+        """Whether `key` ends a word somewhere in the corpus: an occurrence is followed by a token that starts
+        a word (or ends the document). " Qu" (of " Quokkas", " Quilts", " Quiches") ends none."""
+        following = self.fm.next_tokens(list(key))
+        if sum(following.values()) < self.fm.count(list(key)):
+            return True  # an occurrence ends its document
+        continues = self.keymodel.continues_word
+        return any(not continues[t] for t in following if 0 <= t < len(continues))
+
     def generate_keys(self, queries: list[str]) -> list[dict[tuple[int, ...], float]]:
-        """{key: log P(key | query)} per query: body n-grams, then query n-grams, then titles (first kept)."""
+        """{key: log P(key | query)} per query: body n-grams, then query n-grams, then titles (first kept).
+        Queries are read in batches of `batch_size`; each source is read once for all its keys."""
+        size = self.config["batch_size"]
+        return [keys for start in range(0, len(queries), size) for keys in self._batch_keys(queries[start : start + size])]
+
+    def _batch_keys(self, queries: list[str]) -> list[dict[tuple[int, ...], float]]:
         km, c, fm = self.keymodel, self.config, self.fm
+        km.set_dtype(c["dtype"])
         found: list[dict[tuple[int, ...], float]] = [{} for _ in queries]
 
-        body = self._decode([f"{q} || body" for q in queries], (), c["length"])
-        for keys, new in zip(found, body):
+        sources = [f"{q} || body" for q in queries]
+        context = km.context(sources)
+        self._first = {s: context.first[i].numpy() for i, s in enumerate(sources)}
+        for keys, new in zip(found, self._decode(context, (), c["length"])):
             for key, score in new.items():
                 key = key[:-1] if key[-1] == km.eos_id else key
                 if key and key not in keys and fm.count(list(key)) > 0:
                     keys[key] = score
 
         if c["query_keys"]:
-            for q, keys in zip(queries, found):
+            for row, (q, keys) in enumerate(zip(queries, found)):
                 extra = [tuple(n) for n in query_ngrams(q, km.tokens) if tuple(n) not in keys and fm.count(n) > 0]
-                for key, score in zip(extra, km.score_keys(f"{q} || body", [list(n) for n in extra])):
-                    keys[key] = score
+                if extra:
+                    scores = km.score_keys(sources[row], [list(n) for n in extra], context=context, row=row)
+                    keys.update(zip(extra, scores))
 
         if self.uses_titles:
-            titles = self._decode([f"{q} || title" for q in queries], (FMIndex.BOUNDARY,), c["title_length"])
+            titles = self._decode(km.context([f"{q} || title" for q in queries]), (FMIndex.BOUNDARY,), c["title_length"])
             for keys, new in zip(found, titles):
                 for key, score in new.items():
                     if key[-1] != km.eos_id:
@@ -166,20 +196,17 @@ class SEALRetriever(GenerativeRetriever):
                         keys[key] = score
         return found
 
-    def _decode(self, sources: list[str], force_prefix: tuple[int, ...], max_new_tokens: int):
-        """{key: log P} per source, every candidate of the beam search; eos is allowed only where the
-        corpus has it next (after a title), so body keys run to `max_new_tokens` unless the corpus ends."""
+    def _decode(self, context, force_prefix: tuple[int, ...], max_new_tokens: int):
+        """{key: log P} per source of `context`, every candidate of the beam search; eos is allowed only
+        where the corpus has it next (after a title), so body keys run to `max_new_tokens` unless the
+        corpus ends."""
         km, c = self.keymodel, self.config
         allowed = None
         if c["constrained"]:
             allowed = IndexConstraint(self.fm, km.eos_id, force_prefix=force_prefix, stop_at_count=c["stop_at_count"],
                                       vocab_size=km.vocab_size)
-        if c["diverse_groups"] > 1:
-            return diverse_beam_search(km, sources, num_beams=c["beam"], groups=c["diverse_groups"],
-                                       penalty=c["diverse_penalty"], max_new_tokens=max_new_tokens, allowed=allowed)
-        recorder = KeyRecorder(c["beam"], km.eos_id, km.pad_id)
-        km.generate(sources, num_beams=c["beam"], max_new_tokens=max_new_tokens, allowed=allowed, recorder=recorder)
-        return recorder.keys
+        return diverse_beam_search(km, context, num_beams=c["beam"], groups=c["diverse_groups"],
+                                   penalty=c["diverse_penalty"], max_new_tokens=max_new_tokens, allowed=allowed)
 
     # ------------------------------------------------------------------ persistence
     def _save_files(self, folder: Path) -> dict:
@@ -191,7 +218,7 @@ class SEALRetriever(GenerativeRetriever):
         self.keymodel.save(folder / "model")
         self._write_docstore(folder)
         return {"engine": "fm-index (pydivsufsort + wavelet-matrix)", "n_tokens": self.fm.n_tokens,
-                "uses_titles": self.uses_titles, "backbone": self.keymodel.backbone,
+                "uses_titles": self.uses_titles, "backbone": self.keymodel.backbone, "layout": self.keymodel.layout_name,
                 **({"fm_shards": names} if len(shards) > 1 else {})}
 
     def _load_files(self, folder: Path, manifest: dict) -> None:

@@ -203,12 +203,18 @@ def full_score(doc_tokens: Sequence[int], trie: dict, unigrams: dict[int, float]
 def rank_documents(keys: dict[Key, float], index: FMIndex, *, unigram_logprobs: np.ndarray | None = None,
                    alpha: float = 2.0, beta: float = 0.8, smoothing: float = 5.0, max_hits: int = 1500,
                    fully_score: int = 1500, single_key: float = 0.0, use_index_frequency: bool = True,
-                   top_unigrams: int = 5000, add_best_unigrams: bool = True) -> dict[int, float]:
-    """{doc: score} for the documents SEAL scores, from {key: log P(key|q)} (and first-step log-probs)."""
+                   top_unigrams: int = 5000, add_best_unigrams: bool = True,
+                   keep: Callable[[Key], bool] | None = None) -> dict[int, float]:
+    """{doc: score} for the documents SEAL scores, from {key: log P(key|q)} (and first-step log-probs).
+    `keep(key)`: only keys (and unigrams) it accepts count (None: all; SEAL's `whole_words` passes one)."""
+    if keep is not None:
+        keys = {key: score for key, score in keys.items() if keep(key)}
     weights = weigh_keys(keys, index, alpha=alpha, smoothing=smoothing, use_index_frequency=use_index_frequency)
     unigrams: dict[int, float] = {}
     if unigram_logprobs is not None:
         unigrams = unigram_weights(unigram_logprobs, index, keys, top_unigrams, smoothing)
+        if keep is not None:
+            unigrams = {token: w for token, w in unigrams.items() if keep((token,))}
         if add_best_unigrams:  # the reference adds as many of the best unigrams as there are keys, as keys
             for token in sorted(unigrams, key=lambda t: -unigrams[t])[: len(weights)]:
                 weights.setdefault((token,), unigrams[token])

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from indexes.fm_units import FMUnits
 from indexes.fmindex import FMIndex
 from retrieval.data import Corpus
-from retrieval.generative.keymodel import KeyModel
+from retrieval.generative.keymodel import KeyModel, layout_templates
 from retrieval.generative.prompts import DESIGNS, TaskPrompt, task_of
 from retrieval.generative.seal import SEALRetriever
 
@@ -44,6 +44,7 @@ class UGRRetriever(SEALRetriever):
         prompt: the prompt design ("discrete", "soft", "hybrid", "none") for a model that carries no prompt
             (a backbone name or a prompt-less folder); a model's own prompt always wins.
         prompt_length: soft vectors per task for such a fresh prompt.
+        layout: the key model's layout (what `prompt` is for SEAL: a `keymodel.LAYOUTS` name or template dict).
         titles, **search: as `SEALRetriever`.
 
     Example:
@@ -59,7 +60,7 @@ class UGRRetriever(SEALRetriever):
 
     def __init__(self, model: str = "bert2bert", granularity: str = "passage", units: str | None = None,
                  parents: str | None = None, prompt: str = "hybrid", prompt_length: int = 10,
-                 titles: str | bool = "auto", **search):
+                 titles: str | bool = "auto", layout: str | dict | None = None, **search):
         units = units or granularity
         for name in (granularity, units) + ((parents,) if parents else ()):
             task_of(name)  # fails early on an unknown name
@@ -67,7 +68,9 @@ class UGRRetriever(SEALRetriever):
             raise ValueError(f"unknown prompt design {prompt!r}: choose one of {', '.join(DESIGNS)}")
         super().__init__(model=model, titles=titles, **search)
         self.config.update(granularity=granularity, units=units, parents=parents, prompt=prompt,
-                           prompt_length=int(prompt_length))
+                           prompt_length=int(prompt_length), layout=layout)
+        if layout is not None:
+            layout_templates(layout)
         self._check_granularity(granularity)
         self.view: FMUnits | None = None  # the units' view of the parents' FM-index (None: no parents)
         self.parent_ids: list[str] = []
@@ -86,6 +89,10 @@ class UGRRetriever(SEALRetriever):
     @property
     def task(self) -> str:
         return task_of(self.config["granularity"])
+
+    @property
+    def layout(self) -> str | dict | None:
+        return self.config.get("layout")
 
     @property
     def keymodel(self) -> KeyModel:
