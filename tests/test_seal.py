@@ -404,7 +404,8 @@ def test_recipe_trains_saves_reloads_and_writes_records(tmp_path):
 
     config = tmp_path / "seal.yaml"
     config.write_text(yaml.safe_dump({
-        "data": str(SHARED_DATA / "limit-small"), "train_split": None, "span_samples": 2, "max_steps": 3,
+        "data": str(SHARED_DATA / "limit-small"), "train_split": None, "backbone": "bert2bert", "layout": "plain",
+        "span_samples": 2, "max_steps": 3,
         "query_sample": 16, "verify_queries": 16, "baselines": ["bm25"], "search": {"beam": 4, "fully_score": 50},
         "ks": [2, 10], "main_metric": "recall@2", "out": str(tmp_path / "out"), "report": str(tmp_path / "report"),
     }))

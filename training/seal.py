@@ -32,8 +32,8 @@ DEFAULTS = {
     "data": "../shared/data/scifact",
     "train_split": "train",  # null: corpus spans only; "rest": the test split's queries outside query_sample
     "test_split": "test",
-    "backbone": "bert2bert",  # any key model: "bert2bert", "smollm2-135m", or a Hugging Face folder
-    "layout": "plain",  # how sources are laid out (retrieval.generative.keymodel.LAYOUTS), e.g. "oneshot"
+    "backbone": "smollm2-135m",  # any key model: "smollm2-135m", "bert2bert", or a Hugging Face folder
+    "layout": "oneshot",  # how sources are laid out (retrieval.generative.keymodel.LAYOUTS), e.g. "oneshot"
     "lora": None,  # {r, alpha, dropout, targets}: LoRA adapters through peft instead of full fine-tuning
     "span_words": 10,
     "supervised_spans": 3,
@@ -45,7 +45,7 @@ DEFAULTS = {
     "epochs": 1,
     "max_steps": None,
     "batch_size": 16,
-    "lr": 1e-4,  # the cross-attention of bert2bert starts from scratch; SEAL used 3e-5 on a pretrained BART
+    "lr": 1e-4,  # bert2bert's cross-attention starts from scratch; SEAL used 3e-5 on a pretrained BART
     "warmup": 0.05,
     "max_target_tokens": 32,
     "seed": 0,

@@ -13,7 +13,8 @@ from retrieval.generative.keymodel import CONFIG_FILE, KeyModel, layout_template
 class GenerativeRetriever(Retriever):
     """A retriever over a `KeyModel`: `config["model"]` is a saved key model folder (one with keymodel.json),
     or an untrained model ("bert2bert", a registry name such as "smollm2-135m", or a Hugging Face folder);
-    `layout` (None: the saved model's own, else "plain") lays queries out for it, e.g. "oneshot" for a
+    `layout` (None: the saved model's own; for an untrained one "oneshot" if causal, else "plain") lays
+    queries out for it, e.g. "oneshot" for a
     zero-shot prompt; `search_defaults` are its search-time options."""
 
     search_defaults: ClassVar[dict]
@@ -51,5 +52,5 @@ class GenerativeRetriever(Retriever):
                 if layout is not None:
                     self._keymodel.set_layout(layout)
             else:
-                self._keymodel = KeyModel.create(name, layout=layout or "plain")
+                self._keymodel = KeyModel.create(name, layout=layout)
         return self._keymodel

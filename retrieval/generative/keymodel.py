@@ -137,13 +137,16 @@ class KeyModel:
     # ------------------------------------------------------------------ creation and storage
     @classmethod
     def create(cls, name: str = "bert2bert", seed: int = 0, max_source_tokens: int = 64,
-               layout: str | dict = "plain") -> "KeyModel":
+               layout: str | dict | None = None) -> "KeyModel":
         """A key model from offline weights: "bert2bert" (cross-attention initialised at random), a registry
-        name ("smollm2-135m") or a local Hugging Face folder (causal or seq2seq, told by its config)."""
+        name ("smollm2-135m") or a local Hugging Face folder (causal or seq2seq, told by its config).
+        `layout` None: "oneshot" for a causal LM (it follows a prompt untrained), "plain" for seq2seq."""
         import torch
 
         torch.manual_seed(seed)
         model, tokenizer = _bert2bert() if name == "bert2bert" else _pretrained(name)
+        if layout is None:
+            layout = "plain" if model.config.is_encoder_decoder else "oneshot"
         keymodel = cls(model, tokenizer, name, max_source_tokens, layout)
         keymodel._sync_generation_config()
         return keymodel
@@ -365,7 +368,7 @@ class KeyModel:
                 ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
                 for i, key in enumerate(chunk):
                     ids[i, : len(key)] = torch.tensor(key)
-                logprobs = self._continue(context, [row] * len(chunk), chunk).cpu()  # R x (width + 1) x V
+                logprobs = self._continue(context, [row] * len(chunk), chunk).float().log_softmax(-1).cpu()
                 picked = logprobs[:, :width].gather(-1, ids.unsqueeze(-1)).squeeze(-1)
                 lengths = torch.tensor([len(k) for k in chunk])
                 picked = picked.masked_fill(torch.arange(width)[None, :] >= lengths[:, None], 0.0)
@@ -393,7 +396,7 @@ class KeyModel:
                 return SourceContext(list(sources), mask, layers, None, first)
             states = self.model.get_encoder()(**encoder).last_hidden_state
             context = SourceContext(list(sources), mask, None, states, None)
-            context.first = self._continue(context, list(range(len(sources))), [[]] * len(sources))[:, 0].cpu()
+            context.first = self._continue(context, list(range(len(sources))), [[]] * len(sources))[:, 0].float().log_softmax(-1).cpu()
             return context
 
     def _cache_arg(self, cache) -> dict:
@@ -437,11 +440,12 @@ class KeyModel:
         prefix continuing source `rows[i]` of `context`."""
         import torch
 
-        logprobs = self._continue(context, rows, prefixes)
-        return logprobs[torch.arange(len(rows)), torch.tensor([len(p) for p in prefixes])].cpu()
+        logits = self._continue(context, rows, prefixes)
+        return logits[torch.arange(len(rows)), torch.tensor([len(p) for p in prefixes])].float().log_softmax(-1).cpu()
 
     def _continue(self, context: "SourceContext", rows: Sequence[int], prefixes: Sequence[Sequence[int]]):
-        """Log-probabilities (R x (T + 1) x vocab): position j predicts the token after prefix[:j]."""
+        """Logits (R x (T + 1) x vocab; log-probabilities where they come from `context.first`, which
+        log_softmax leaves as they are): position j predicts the token after prefix[:j]."""
         import torch
         from transformers import DynamicCache
         from transformers.modeling_outputs import BaseModelOutput
@@ -464,12 +468,11 @@ class KeyModel:
                 positions = past.sum(1, keepdim=True) + torch.arange(width, device=self.device)[None, :]
                 logits = self.model(input_ids=ids, attention_mask=torch.cat([past, ones], 1),
                                     position_ids=positions, **self._cache_arg(cache), use_cache=True).logits
-                logprobs = logits.float().log_softmax(-1)
-                return torch.cat([context.first[index.cpu()].unsqueeze(1).to(self.device), logprobs], 1)
+                return torch.cat([context.first[index.cpu()].unsqueeze(1).to(self.device), logits.float()], 1)
             logits = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=context.states[index]),
                                 attention_mask=context.mask[index], decoder_input_ids=ids,
                                 decoder_attention_mask=ones).logits
-            return logits.float().log_softmax(-1)
+            return logits
 
     # ------------------------------------------------------------------ generation
     def generate(self, sources: Sequence[str], *, num_beams: int, max_new_tokens: int, min_new_tokens: int = 1,

@@ -24,7 +24,7 @@ from indexes.docstore import read_docids
 from indexes.fm_shards import ShardedFMIndex
 from indexes.fmindex import FMIndex
 from retrieval.data import Corpus
-from retrieval.generative.constrained import IndexConstraint, diverse_beam_search
+from retrieval.generative.constrained import IndexConstraint, KeyRecorder, diverse_beam_search
 from retrieval.generative.base import GenerativeRetriever
 from retrieval.generative.keymodel import KeyModel
 from retrieval.generative.seal_scoring import query_ngrams, rank_documents
@@ -57,8 +57,8 @@ class SEALRetriever(GenerativeRetriever):
     """Generative retrieval with n-gram identifiers over an FM-index.
 
     Args:
-        model: a folder saved by `training/seal.py` (KeyModel), or an untrained model: "bert2bert" (only
-            useful for tests), a registry name ("smollm2-135m") or a Hugging Face folder.
+        model: a folder saved by `training/seal.py` (KeyModel), or an untrained model: a registry name
+            ("smollm2-135m", the default: zero-shot SEAL), a Hugging Face folder, or "bert2bert" (tests).
         titles: "auto" (use titles when the corpus has any), True or False.
         prompt: the key model's layout (`keymodel.LAYOUTS` name or template dict; None: the model's own).
             `model="smollm2-135m", prompt="oneshot"` is zero-shot SEAL: an untrained LM asked in a prompt.
@@ -76,7 +76,7 @@ class SEALRetriever(GenerativeRetriever):
     index_options = ("shards", "ray_address")
     search_defaults = SEARCH_DEFAULTS
 
-    def __init__(self, model: str = "bert2bert", titles: str | bool = "auto", prompt: str | dict | None = None,
+    def __init__(self, model: str = "smollm2-135m", titles: str | bool = "auto", prompt: str | dict | None = None,
                  **search):
         super().__init__(model, search, titles=titles, prompt=prompt)
         self.fm: FMIndex | None = None
@@ -205,8 +205,13 @@ class SEALRetriever(GenerativeRetriever):
         if c["constrained"]:
             allowed = IndexConstraint(self.fm, km.eos_id, force_prefix=force_prefix, stop_at_count=c["stop_at_count"],
                                       vocab_size=km.vocab_size)
-        return diverse_beam_search(km, context, num_beams=c["beam"], groups=c["diverse_groups"],
-                                   penalty=c["diverse_penalty"], max_new_tokens=max_new_tokens, allowed=allowed)
+        if km.causal or c["diverse_groups"] > 1:  # the prompt's cache read once, one token per beam and step
+            return diverse_beam_search(km, context, num_beams=c["beam"], groups=c["diverse_groups"],
+                                       penalty=c["diverse_penalty"], max_new_tokens=max_new_tokens, allowed=allowed)
+        # seq2seq: generate's incremental decoder cache beats re-running the short prefixes (bench_keymodel.py)
+        recorder = KeyRecorder(c["beam"], km.eos_id, km.pad_id)
+        km.generate(context.sources, num_beams=c["beam"], max_new_tokens=max_new_tokens, allowed=allowed, recorder=recorder)
+        return recorder.keys
 
     # ------------------------------------------------------------------ persistence
     def _save_files(self, folder: Path) -> dict:
