@@ -401,10 +401,12 @@ class KeyModel:
 
     def _cache_arg(self, cache) -> dict:
         """The cache keyword: `cache` in newer transformers 5 releases, `past_key_values` before."""
-        inner = self.model.get_base_model() if self.lora else self.model
-        import inspect
+        if getattr(self, "_cache_name", None) is None:  # looked up once: this is on every decoding step
+            import inspect
 
-        return {"cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values": cache}
+            inner = self.model.get_base_model() if self.lora else self.model
+            self._cache_name = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+        return {self._cache_name: cache}
 
     def decoding_state(self, context: "SourceContext") -> dict:
         """The state `extend` grows: one row per source of `context`, no token generated yet."""
