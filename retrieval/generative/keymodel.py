@@ -11,8 +11,7 @@ CorpusBrain share it: a template per source marker (SEAL's sources are `query ||
 `query || title`; CorpusBrain's have no marker), with `{query}` (the source before its marker, truncated
 to `max_source_tokens` tokens) or `{source}` (the whole source). "plain" is the source itself (causal
 models: then a newline, the target follows); "oneshot" lays the query out as a natural one-shot prompt,
-which a pre-trained causal LM follows with no training (issue 19's copy check: SmolLM2 puts its first
-token inside its source for 0.75 of sentences untrained in such a prompt, 0.0 in the plain layout).
+which a pre-trained causal LM follows with no training (zero-shot SEAL, docs/seal.md).
 
 A key model can carry LoRA adapters (`add_lora`, through `peft`): it then saves only the adapters and
 the name of its base model, and loads them onto that base (merged, so search pays nothing for them).
