@@ -200,3 +200,24 @@ def test_whole_word_keys_drop_a_prefix_shared_by_other_words(tmp_path):
     assert set(seal.rank("who likes quokkas", keys, 10)) == {"a", "b", "c", "d"}
     seal.set_search_options(whole_words=True)
     assert set(seal.rank("who likes quokkas", keys, 10)) == {"a", "b"}
+
+
+def test_bf16_search_runs_and_bad_dtypes_and_second_adapters_are_refused(tmp_path):
+    """dtype="bfloat16" casts the key model for search (keys and scores still come out as float32 numbers);
+    an unknown dtype and a second set of LoRA adapters are refused by name."""
+    from retrieval import build_retriever
+    from retrieval.data import Corpus, Doc
+
+    seal = build_retriever("seal", model=tiny_model_folder("llama", tmp_path / "m"), beam=3, length=3, dtype="bfloat16",
+                           use_index_frequency=False)  # a random model: LM-only weights are never all 0
+    seal.index(Corpus([Doc(str(i), "", text) for i, text in enumerate(DOCS)]))
+    run = seal.search({"q": "what causes scurvy"}, k=4)
+    assert next(seal.keymodel.model.parameters()).dtype == torch.bfloat16
+    assert run["q"] and all(isinstance(score, float) for score in run["q"].values())
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'bfloat16'"):
+        seal.keymodel.set_dtype("float16")
+    km = seal.keymodel
+    km.set_dtype("float32")
+    km.add_lora(r=2, alpha=4)
+    with pytest.raises(ValueError, match="has LoRA adapters already"):
+        km.add_lora(r=2, alpha=4)

@@ -14,6 +14,7 @@ n-gram keys, each with its exact log-probability under the model (the masking on
 from __future__ import annotations
 
 from indexes.fmindex import FMIndex
+from retrieval.generative.keymodel import SourceContext
 
 
 class IndexConstraint:
@@ -112,7 +113,7 @@ class KeyRecorder:
         return self.keys[b].get(prefix, float("-inf"))
 
 
-def diverse_beam_search(keymodel, sources, *, num_beams: int, groups: int = 1, penalty: float = 0.0,
+def diverse_beam_search(keymodel, sources: "list[str] | SourceContext", *, num_beams: int, groups: int = 1, penalty: float = 0.0,
                         max_new_tokens: int, allowed=None) -> list[dict[tuple[int, ...], float]]:
     """Diverse beam search (Vijayakumar et al., AAAI 2018) with Hamming diversity; returns the keys.
 
@@ -125,8 +126,8 @@ def diverse_beam_search(keymodel, sources, *, num_beams: int, groups: int = 1, p
     Hugging Face `generate` moved group beam search to a hub repository (unreachable offline), hence this
     loop. Each source is read once (`KeyModel.context`: the prompt's key/value cache, or the encoder
     states) and each step feeds only each beam's newest token (`KeyModel.extend`), so the prompt is
-    never re-read per beam or step as `generate` does it; SEAL decodes with this loop (groups=1 is beam
-    search) for that reason.
+    never re-read per beam or step as `generate` does it. SEAL decodes causal key models with this loop
+    (groups=1 is beam search) for that reason; seq2seq ones go through `generate` unless groups > 1.
     """
     import torch
 
@@ -134,7 +135,7 @@ def diverse_beam_search(keymodel, sources, *, num_beams: int, groups: int = 1, p
         raise ValueError(f"num_beams ({num_beams}) must be a multiple of groups ({groups})")
     size = num_beams // groups
     eos = keymodel.eos_id
-    context = sources if hasattr(sources, "first") else keymodel.context(sources)  # a SourceContext already
+    context = sources if isinstance(sources, SourceContext) else keymodel.context(sources)
     sources = context.sources
     keys: list[dict[tuple[int, ...], float]] = [{} for _ in sources]
     # per source and group: running beams as (prefix, penalised score, log-probability)

@@ -85,9 +85,7 @@ class KeyModel:
         self.base = base
         self.causal = not model.config.is_encoder_decoder
         self.max_source_tokens = max_source_tokens
-        self.layout_name = layout if isinstance(layout, str) else "custom"
-        templates = layout_templates(layout)
-        self.templates = CAUSAL_PLAIN if self.causal and templates == LAYOUTS["plain"] else templates
+        self.set_layout(layout)
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         self.eos_id = int(tokenizer.sep_token_id if base == "bert2bert" else eos)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
@@ -410,7 +408,7 @@ class KeyModel:
     def decoding_state(self, context: "SourceContext") -> dict:
         """The state `extend` grows: one row per source of `context`, no token generated yet."""
         if self.causal:
-            return {"layers": context.layers, "mask": context.mask, "sources": list(range(len(context.sources)))}
+            return {"layers": context.layers, "mask": context.mask}
         return {"context": context, "sources": list(range(len(context.sources))), "prefixes": [()] * len(context.sources)}
 
     def extend(self, state: dict, parents: Sequence[int], tokens: Sequence[int]):
@@ -434,7 +432,7 @@ class KeyModel:
                              position_ids=past.sum(1, keepdim=True), **self._cache_arg(cache), use_cache=True)
             layers = [(layer.keys, layer.values) for layer in _returned_cache(out).layers]
             mask = torch.cat([past, past.new_ones(len(parents), 1)], 1)
-        return out.logits[:, -1].float().log_softmax(-1).cpu(), {"layers": layers, "mask": mask, "sources": None}
+        return out.logits[:, -1].float().log_softmax(-1).cpu(), {"layers": layers, "mask": mask}
 
     def continuation_logprobs(self, context: "SourceContext", rows: Sequence[int], prefixes: Sequence[Sequence[int]]):
         """log P(t | source, prefix) (len(rows) x vocab, on the CPU): the next token after each prefix, the
