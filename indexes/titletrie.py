@@ -34,7 +34,7 @@ import numbers
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from indexes.manifest import IndexLoadError, read_manifest, write_index_dir
+from indexes.manifest import IndexLoadError, open_index, write_index_dir
 
 KIND = "titletrie"
 TRIE_FILE = "titles.marisa"
@@ -187,17 +187,20 @@ class TitleTrie:
             raise IndexLoadError(f"{folder}: {len(trie)} titles in {TRIE_FILE}, the manifest says {fields['n_titles']}")
         return cls(trie, fields["end_id"], fields["encoding_offset"])
 
-    def save(self, path: str | Path, **fields) -> dict:
-        """Write the trie folder atomically (titles.marisa + manifest); `fields` go into the manifest."""
-        return write_index_dir(path, lambda tmp: {"kind": KIND, **self.write(tmp), **fields})
+    def save(self, path: str | Path, *, overwrite: bool = False, **fields) -> dict:
+        """Write the trie folder atomically (titles.marisa + manifest); `fields` go into the manifest.
+        `overwrite` replaces a dengen index at `path` (indexes.manifest.write_index_dir)."""
+        return write_index_dir(path, lambda tmp: {"kind": KIND, **self.write(tmp), **fields}, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> "TitleTrie":
         """Open a saved trie folder, memory-mapped; `verify` checks every file's size and sha256 first."""
-        manifest = read_manifest(path, verify=verify)
-        if manifest["kind"] != KIND:
-            raise IndexLoadError(f"{path}: a {manifest['kind']!r} index, not a title trie")
-        return cls.read(path, manifest)
+        saved = open_index(path, verify=verify)
+        if saved.manifest["kind"] != KIND:
+            raise IndexLoadError(f"{path}: a {saved.manifest['kind']!r} index, not a title trie")
+        trie = cls.read(saved.folder, saved.manifest)
+        trie._saved = saved  # holds the generation its trie is mapped from
+        return trie
 
 
 def _check_id(token, limit: int, where: str) -> int:

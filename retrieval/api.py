@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from indexes.docstore import write_docstore
-from indexes.manifest import read_manifest, write_index_dir
+from indexes.manifest import SavedIndex, fill_index_folder, open_index, write_index_dir
 from retrieval.data import Corpus, CorpusStream
-from retrieval.errors import IndexLoadError
+from retrieval.errors import USER_ERRORS, IndexLoadError, ModelNotAvailable, SpecError
 from retrieval.run import Hit, Run
 
 # kind -> "module:Class"; imported only when used so `dengen --help` stays instant
@@ -54,6 +55,7 @@ class Retriever(ABC):
         self.path: Path | None = None  # the saved index it was loaded from; None when built in memory
         self._texts: CorpusStream | None = None  # a loaded index's docs.jsonl, opened on first use
         self._corpus: Corpus | None = None  # the corpus of a freshly built index
+        self._saved: SavedIndex | None = None  # holds a loaded index's generation
 
     # ------------------------------------------------------------ public API
     def index(self, corpus: Corpus, engine: str = "local", **options) -> None:
@@ -65,15 +67,7 @@ class Retriever(ABC):
         """
         if len(corpus) == 0:
             raise ValueError("cannot index an empty corpus")
-        if engine not in self.engines:
-            raise ValueError(f"engine={engine!r}: a {self.kind} retriever indexes with engine {' or '.join(map(repr, self.engines))}")
-        unknown = [name for name in options if name not in self.index_options]
-        if unknown:
-            raise ValueError(f"{', '.join(unknown)}: not an indexing option of a {self.kind} retriever"
-                             f" ({', '.join(self.index_options) or 'it has none'})")
-        ray_only = [f"{name}=" for name in self.RAY_OPTIONS if options.get(name) is not None]
-        if engine != "ray" and ray_only:
-            raise ValueError(f"{', '.join(ray_only)} {'is an option' if len(ray_only) == 1 else 'are options'} of engine='ray'")
+        self.check_index_options(engine, **options)
         start = time.perf_counter()
         if len(self.engines) > 1:  # retrievers that can index elsewhere are told where
             options["engine"] = engine
@@ -81,17 +75,39 @@ class Retriever(ABC):
         self.build_seconds = time.perf_counter() - start
         self.doc_count = len(corpus)
         self._corpus = corpus
-        self.path = None
+        self.path = self._saved = None  # no longer reads a saved generation
+
+    def check_index_options(self, engine: str = "local", **options) -> None:
+        """Refuse (SpecError) what `index` with these arguments would refuse, without a corpus: the CLI calls
+        it before reading one. Retrievers whose configuration can only be checked at build time (dense: the
+        faiss factory string) extend it."""
+        if engine not in self.engines:
+            raise SpecError(f"engine={engine!r}: a {self.kind} retriever indexes with engine {' or '.join(map(repr, self.engines))}")
+        unknown = [name for name in options if name not in self.index_options]
+        if unknown:
+            raise SpecError(f"{', '.join(unknown)}: not an indexing option of a {self.kind} retriever"
+                            f" ({', '.join(self.index_options) or 'it has none'})")
+        ray_only = [f"{name}=" for name in self.RAY_OPTIONS if options.get(name) is not None]
+        if engine != "ray" and ray_only:
+            raise SpecError(f"{', '.join(ray_only)} {'is an option' if len(ray_only) == 1 else 'are options'} of engine='ray'")
 
     def search(self, queries: dict[str, str], k: int = 100) -> Run:
-        """Top-k documents for each query, as a Run {query_id: {doc_id: score}}."""
+        """Top-k documents for each query, as a Run {query_id: {doc_id: score}}.
+
+        k must be a positive integer. An empty or whitespace-only query gets no hits (its id is in the
+        Run with an empty dict) whatever the retriever: the engine never sees it.
+        """
+        if isinstance(k, bool) or not hasattr(k, "__index__") or k < 1:  # numpy integers pass
+            raise SpecError(f"k must be a positive integer, got {k!r}")
         self._require_index()
-        if not queries:
-            return Run()
-        return Run(self._search(queries, k))
+        blank = {qid for qid, text in queries.items() if isinstance(text, str) and not text.strip()}
+        asked = {qid: text for qid, text in queries.items() if qid not in blank}
+        found = self._search(asked, int(k)) if asked else {}
+        return Run({qid: found.get(qid, {}) for qid in queries})
 
     def search_one(self, query: str, k: int = 10) -> list[Hit]:
-        """Ranked hits for one query string, with document text where it is stored."""
+        """Ranked hits for one query string, with document text where it is stored (none for an empty
+        query); k as in `search`."""
         run = self.search({"q": query}, k)
         return [Hit(doc_id, score, self.doc_text(doc_id)) for doc_id, score in run.top("q")]
 
@@ -110,34 +126,65 @@ class Retriever(ABC):
         """Configuration for reports and manifests."""
         return {"kind": self.kind, **self.config}
 
-    def save(self, path: str | Path) -> None:
-        """Write the index to `path` atomically, with manifest.json (kind, version, config, checksums)."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write the index to `path` as a new generation (indexes/manifest.py): readers see the old index or
+        the new one, never a mixture. `path` must be new, an empty folder, or (with `overwrite`) a dengen
+        index; anything else is refused (IndexSaveError) before any file is written."""
         self._require_index()
+        write_index_dir(path, self._fill, overwrite=overwrite)
 
-        def fill(folder: Path) -> dict:
-            extra = self._save_files(folder) or {}
-            return {
-                "kind": self.kind,
-                "config": self.config,
-                "doc_count": self.doc_count,
-                "build_seconds": self.build_seconds,
-                **extra,
-            }
+    def save_inside(self, folder: Path) -> None:
+        """Write the index into `folder`, a new folder inside another index's generation being written
+        (hybrid members, a chunked index's inner one): flat, since the outer generation is atomic."""
+        self._require_index()
+        folder.mkdir()
+        fill_index_folder(folder, self._fill)
 
-        write_index_dir(path, fill)
+    def _fill(self, folder: Path) -> dict:
+        extra = self._save_files(folder) or {}
+        return {
+            "kind": self.kind,
+            "config": self.config,
+            "doc_count": self.doc_count,
+            "build_seconds": self.build_seconds,
+            **extra,
+        }
 
     @classmethod
-    def load(cls, path: str | Path, *, verify: bool = True) -> Retriever:
-        """Open a saved index; refuses a truncated, altered or newer-format one."""
-        path = Path(path)
-        manifest = read_manifest(path, verify=verify)
+    def load(cls, path: str | Path, *, verify: bool = True, trust_paths: bool = False) -> Retriever:
+        """Open a saved index; refuses a truncated, altered or newer-format one, and one naming a model
+        folder outside itself unless `trust_paths` (docs/reliability.md)."""
+        return cls._from_saved(open_index(path, verify=verify), trust_paths)
+
+    @classmethod
+    def _from_saved(cls, saved: SavedIndex, trust_paths: bool = False) -> Retriever:
+        from retrieval.models import reading_index
+
+        with reading_index(saved.folder, trust_paths):
+            return cls._build_from(saved)
+
+    @classmethod
+    def _build_from(cls, saved: SavedIndex) -> Retriever:
+        manifest, folder = saved.manifest, saved.folder
         if manifest["kind"] != cls.kind:
-            raise IndexLoadError(f"{path}: holds a {manifest['kind']!r} index, not {cls.kind!r}")
-        retriever = cls(**cls._init_args(path, manifest))
-        retriever.doc_count = manifest["doc_count"]
-        retriever.build_seconds = manifest.get("build_seconds")
-        retriever._load_files(path, manifest)
-        retriever.path = path
+            raise IndexLoadError(f"{saved.path}: holds a {manifest['kind']!r} index, not {cls.kind!r}")
+        if not isinstance(manifest.get("config"), dict):
+            raise IndexLoadError(f"{folder / 'manifest.json'}: field 'config' must be an object")
+        count = manifest.get("doc_count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise IndexLoadError(f"{folder / 'manifest.json'}: field 'doc_count' must be a positive integer, got {count!r}")
+        try:  # the manifest is untrusted: a field that breaks loading is a damaged index, not a crash
+            retriever = cls(**cls._init_args(folder, manifest))
+            retriever.doc_count = count
+            retriever.build_seconds = manifest.get("build_seconds")
+            retriever._load_files(folder, manifest)
+        except IndexLoadError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, ModelNotAvailable) as err:
+            raise IndexLoadError(f"{folder / 'manifest.json'}: does not describe a loadable {cls.kind} index "
+                                 f"({type(err).__name__}: {err})") from err
+        retriever.path = folder  # the generation it reads, kept while it is loaded:
+        retriever._saved = saved  # a later save does not remove it
         return retriever
 
     # ------------------------------------------------------------ for subclasses
@@ -173,18 +220,38 @@ class Retriever(ABC):
 
 
 def retriever_class(kind: str) -> type[Retriever]:
-    if kind not in RETRIEVERS:
-        raise ValueError(f"unknown retriever kind {kind!r}: choose one of {', '.join(RETRIEVERS)}")
+    if not isinstance(kind, str) or kind not in RETRIEVERS:
+        raise SpecError(f"unknown retriever kind {kind!r}: choose one of {', '.join(RETRIEVERS)}")
     module, name = RETRIEVERS[kind].split(":")
     return getattr(importlib.import_module(module), name)
 
 
 def build_retriever(kind: str, **config) -> Retriever:
-    """A new, empty retriever of `kind` ("bm25", "dense", "hybrid") with its options."""
-    return retriever_class(kind)(**config)
+    """A new, empty retriever of `kind` ("bm25", "dense", "hybrid") with its options.
+
+    An option the class does not take is a SpecError naming it and the valid ones, as is any ValueError
+    its constructor raises (constructors only check their options).
+    """
+    cls = retriever_class(kind)
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # **search options are checked by the class
+        valid = [name for name, p in params.items() if name != "self" and p.kind is not p.VAR_POSITIONAL]
+        unknown = [name for name in config if name not in valid]
+        if unknown:
+            raise SpecError(f"{kind}: unknown option {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}")
+    try:
+        return cls(**config)
+    except USER_ERRORS:
+        raise
+    except ValueError as err:
+        raise SpecError(f"{kind}: {err}") from err
 
 
-def load_retriever(path: str | Path, *, verify: bool = True) -> Retriever:
-    """Open any saved index: its manifest names the class."""
-    manifest = read_manifest(path, verify=verify)
-    return retriever_class(manifest["kind"]).load(path, verify=False)
+def load_retriever(path: str | Path, *, verify: bool = True, trust_paths: bool = False) -> Retriever:
+    """Open any saved index: its manifest names the class. A model folder the manifest names outside the
+    index (not a registry name) is refused unless `trust_paths` (or the CLI's --trust-paths)."""
+    saved = open_index(path, verify=verify)
+    kind = saved.manifest["kind"]
+    if kind not in RETRIEVERS:
+        raise IndexLoadError(f"{saved.folder / 'manifest.json'}: kind {kind!r} is not a retriever ({', '.join(RETRIEVERS)})")
+    return retriever_class(kind)._from_saved(saved, trust_paths)

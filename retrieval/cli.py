@@ -5,11 +5,27 @@ Everything heavy is imported inside the command that needs it, so `dengen --help
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 SPEC_HELP = "retriever spec: bm25 | dense:model=minilm,index=Flat | bm25+dense | a saved index folder | config.yaml"
+TRUST_HELP = ("trust the saved indexes this command loads to name model folders outside themselves "
+              "(refused by default: a manifest is untrusted input; docs/reliability.md)")
+OVERWRITE_HELP = "replace an existing dengen index at --out (a folder that is not a dengen index is never replaced)"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _ks(text: str) -> list[int]:
@@ -26,12 +42,13 @@ def cmd_index_build(args) -> None:
     from retrieval.data import load_corpus
     from retrieval.spec import parse_spec
 
-    corpus = load_corpus(args.data, stream=args.stream)
     retriever = parse_spec(args.retriever)
     options = {name: value for name, value in (("shards", args.shards), ("workers", args.workers),
                                                ("ray_address", args.ray_address)) if value is not None}
+    retriever.check_index_options(args.engine, **options)  # a bad spec or option fails before the corpus is read
+    corpus = load_corpus(args.data, stream=args.stream)
     retriever.index(corpus, engine=args.engine, **options)
-    retriever.save(args.out)
+    retriever.save(args.out, overwrite=args.overwrite)
     print(f"indexed {retriever.doc_count} documents in {retriever.build_seconds:.1f} s -> {args.out}")
 
 
@@ -55,6 +72,7 @@ def cmd_eval(args) -> None:
     from eval.metrics import evaluate_run
     from eval.runner import evaluate, format_table
     from retrieval.data import load_dataset
+    from retrieval.errors import SpecError
     from retrieval.run import Run
     from retrieval.spec import parse_spec
 
@@ -63,13 +81,16 @@ def cmd_eval(args) -> None:
         from eval.suite import run_suite
 
         if not args.retriever:
-            sys.exit("dengen: error: --suite needs --retriever")
+            raise SpecError("--suite needs --retriever")
         records = run_suite(args.retriever, args.out or "results", args.suite, args.data_root,
                             args.tasks.split(",") if args.tasks else None, name=args.name)
         print(markdown_table(records) if records else "no task ran")
         return
     if not args.data:
-        sys.exit("dengen: error: eval needs --data DIR (or --suite NAME)")
+        raise SpecError("eval needs --data DIR (or --suite NAME)")
+    retriever = parse_spec(args.retriever) if args.retriever else None
+    if retriever is not None and not retriever.doc_count:
+        retriever.check_index_options()  # a bad spec fails before the dataset is read
     dataset = load_dataset(args.data, args.split, drop_missing=args.drop_missing)
     if args.run:
         record = {
@@ -82,19 +103,17 @@ def cmd_eval(args) -> None:
         from eval.mteb_adapter import MtebRetriever, mteb_record, mteb_scores, retrieval_metric_names
         from eval.mteb_tasks import local_retrieval_task
 
-        retriever = parse_spec(args.retriever)
         main_score = f"ndcg_at_{10 if 10 in args.k else args.k[0]}"  # mteb needs it among the cut-offs
         task = local_retrieval_task(args.data, args.split, dataset.name, main_score=main_score, k_values=args.k,
                                     drop_missing=args.drop_missing)
         scores = mteb_scores(MtebRetriever(retriever), task)
         record, run = mteb_record(retriever, dataset.name, dataset.split, scores, retrieval_metric_names(args.k)), None
     else:
-        retriever = parse_spec(args.retriever)
         record, run = evaluate(retriever, dataset, args.k)
     if args.name:
         record["label"] = args.name
     if args.retriever and args.save_index:
-        retriever.save(args.save_index)
+        retriever.save(args.save_index, overwrite=args.overwrite)
     print(format_table([record]))
     if args.out:
         out = Path(args.out)
@@ -111,10 +130,11 @@ def cmd_eval(args) -> None:
 
 def cmd_report(args) -> None:
     from eval.report import load_records, markdown_table, render, write_report
+    from retrieval.errors import DataError
 
     records = load_records(args.results)
     if not records:
-        sys.exit(f"dengen: error: {args.results}: no result files (*.json) to report")
+        raise DataError(args.results, None, None, "no result files (*.json) to report")
     page = write_report(records, args.out, title=args.title)
     print(markdown_table(records))
     print(f"wrote {page} and {Path(args.out) / 'README.md'}")
@@ -160,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="this process, or Ray: dense documents encoded by Ray Data actors, SEAL's FM-index "
                             "shards built by Ray tasks (docs/ray.md)")
     build.add_argument("--ray-address", help="with --engine ray: the cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    build.add_argument("--workers", type=int, help="with --engine ray: encoder actors (default: one per CPU)")
-    build.add_argument("--shards", type=int, help="dense: faiss shards of successive documents, searched in parallel "
+    build.add_argument("--workers", type=_positive_int, help="with --engine ray: encoder actors (default: one per CPU)")
+    build.add_argument("--shards", type=_positive_int, help="dense: faiss shards of successive documents, searched in parallel "
                                                   "(default 1; with --engine ray one per worker); seal: FM-index shards")
+    build.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    build.add_argument("--trust-paths", action="store_true", help=TRUST_HELP)
     build.set_defaults(func=cmd_index_build)
 
     search = sub.add_parser("search", help="search a saved index")
@@ -171,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--query", help="one query; prints the top hits with a text snippet")
     what.add_argument("--queries", help="queries file or BEIR folder; writes a TREC run to --out")
     search.add_argument("--out", help="TREC run file (with --queries)")
-    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--k", type=_positive_int, default=10, help="hits per query")
     search.add_argument("--snippet", type=int, default=100, help="characters of text to show per hit")
     search.add_argument("--tag", default="dengen", help="run tag in the TREC file")
+    search.add_argument("--trust-paths", action="store_true", help=TRUST_HELP)
     search.set_defaults(func=cmd_search)
 
     ev = sub.add_parser("eval", help="evaluate a retriever (or a TREC run) on a dataset split, or run a suite")
@@ -189,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="results folder: writes <dataset>-<split>-<label>.json and .trec")
     ev.add_argument("--name", help="label for this configuration in results and reports")
     ev.add_argument("--save-index", help="also save the built index to this folder")
+    ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.replace("--out", "--save-index"))
     ev.add_argument("--mteb", action="store_true", help="score through mteb.evaluate (the retriever behind mteb's search protocol) instead of dengen's runner")
     ev.add_argument("--drop-missing", action="store_true", help="drop qrels whose ids are not in the corpus/queries (warns with counts)")
+    ev.add_argument("--trust-paths", action="store_true", help=TRUST_HELP)
     ev.set_defaults(func=cmd_eval)
 
     train = sub.add_parser("train", help="train a method from a YAML recipe (see training/configs/)")
@@ -216,12 +241,30 @@ def main(argv: list[str] | None = None) -> None:
     args.trainer_args = extra
     if getattr(args, "func", None) is cmd_search and args.queries and not args.out:
         build_parser().error("search --queries needs --out RUN.trec")
-    from retrieval.errors import DataError, IndexLoadError, ModelNotAvailable
+    from retrieval.errors import USER_ERRORS
+
+    # SIGTERM takes the Ctrl-C path, so long work cleans up (no half-written index) and exits 130 too
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    if main_thread:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    from retrieval.models import trusting_paths
 
     try:
-        args.func(args)
-    except (DataError, IndexLoadError, ModelNotAvailable, FileNotFoundError, ValueError) as err:
-        sys.exit(f"dengen: error: {err}")
+        with trusting_paths() if getattr(args, "trust_paths", False) else contextlib.nullcontext():
+            args.func(args)
+    except USER_ERRORS as err:  # anything else is a bug and keeps its traceback
+        print(f"dengen: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("dengen: interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

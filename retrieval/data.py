@@ -8,13 +8,17 @@ Layouts read:
   `id<TAB>title<TAB>text`), TREC qrels (`qid 0 docid rel`).
 
 Every reader fails on the first bad line with a `DataError` naming the file, the line and the field.
+Only regular files are read, line by line with a length limit, so a device or a FIFO given by mistake
+fails at once instead of filling memory or hanging.
 """
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import stat
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -25,6 +29,8 @@ DOC_ID_FIELDS = ("_id", "id", "docid", "doc_id")
 DOC_TEXT_FIELDS = ("text", "contents")
 QUERY_ID_FIELDS = ("_id", "id", "qid", "query_id")
 QUERY_TEXT_FIELDS = ("text", "query")
+MAX_LINE_BYTES = 256 * 2**20  # longer is not a text line (e.g. a binary file); refused before it fills memory
+ID_BREAKERS = "\n\r\t"  # would split a line of docids.txt, BEIR qrels or a TREC run
 
 
 class Doc(NamedTuple):
@@ -88,17 +94,55 @@ def shared_data(name: str = "") -> Path:
     return Path(root) / name
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _check_source(path: Path) -> None:
+    """Refuse anything but a regular file before opening it: /dev/zero never ends, a FIFO blocks until a
+    writer comes, a socket cannot be opened. A missing file raises FileNotFoundError."""
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a character device" if stat.S_ISCHR(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise DataError(path, None, None, f"{kind}; data must be a regular file (or a folder of them)")
+
+
+def _raw_lines(path: Path, offset: int = 0, lineno: int = 1) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, line as bytes) from `offset` on, gunzipped when the name ends in .gz.
+    A damaged gzip stream or a line over MAX_LINE_BYTES is a DataError naming the file and the line."""
+    _check_source(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as lines:
+        lines.seek(offset)
+        while True:
+            try:
+                raw = lines.readline(MAX_LINE_BYTES + 1)
+            except EOFError:
+                raise DataError(path, lineno, None, "the gzip stream ends early (a truncated file?)") from None
+            except (gzip.BadGzipFile, zlib.error) as err:
+                raise DataError(path, lineno, None, f"not a valid gzip file ({err})") from None
+            if not raw:
+                return
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(path, lineno, None, f"line longer than {MAX_LINE_BYTES} bytes (not a text file?)")
+            yield lineno, offset, raw
+            offset, lineno = offset + len(raw), lineno + 1
+
+
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(path, lineno, None, f"not UTF-8: byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line") from None
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    for lineno, _, raw in _raw_lines(path):
+        yield lineno, _decode(raw, path, lineno)
 
 
 def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
-    with _open_text(path) as lines:
-        for lineno, line in enumerate(lines, start=1):
-            if line.strip():
-                yield lineno, json_record(line, path, lineno)
+    for lineno, line in _text_lines(path):
+        if line.strip():
+            yield lineno, json_record(line, path, lineno)
 
 
 def json_record(line: str, path: Path, lineno: int) -> dict:
@@ -112,11 +156,10 @@ def json_record(line: str, path: Path, lineno: int) -> dict:
 
 
 def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    with _open_text(path) as lines:
-        for lineno, line in enumerate(lines, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if line.strip():
-                yield lineno, line.split("\t")
+    for lineno, line in _text_lines(path):
+        line = line.rstrip("\n").rstrip("\r")
+        if line.strip():
+            yield lineno, line.split("\t")
 
 
 def _field(record: dict, names: tuple[str, ...], path: Path, lineno: int, *, required: bool = True) -> str:
@@ -136,12 +179,14 @@ def _field(record: dict, names: tuple[str, ...], path: Path, lineno: int, *, req
 def _id(value: str, path: Path, lineno: int, field: str) -> str:
     if not value.strip():
         raise DataError(path, lineno, field, "empty id")
+    if any(c in value for c in ID_BREAKERS):
+        raise DataError(path, lineno, field, f"id {value!r} holds a newline or tab, which index and run files cannot hold")
     return value
 
 
 def _find(folder: Path, names: list[str], what: str) -> Path:
     for name in names:
-        if (folder / name).is_file():
+        if (folder / name).exists():  # not is_file(): a FIFO or device there is refused by name when read
             return folder / name
     raise FileNotFoundError(f"{folder}: no {what} file (looked for {', '.join(names)})")
 
@@ -184,18 +229,14 @@ def _corpus_lines(path: Path) -> Iterator[tuple[int, int, Doc, str]]:
     """(byte offset, line number, doc, id field) of every document line, read once from disk; a duplicate
     id fails naming both lines. Offsets are positions in the (decompressed) file."""
     first_line: dict[str, int] = {}
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as lines:
-        offset = 0
-        for lineno, raw in enumerate(lines, start=1):
-            parsed = _parse_doc(raw.decode("utf-8"), path, lineno)
-            if parsed is not None:
-                doc, id_field = parsed
-                if doc.id in first_line:
-                    raise DataError(path, lineno, id_field, f"duplicate id {doc.id!r} (first on line {first_line[doc.id]})")
-                first_line[doc.id] = lineno
-                yield offset, lineno, doc, id_field
-            offset += len(raw)
+    for lineno, offset, raw in _raw_lines(path):
+        parsed = _parse_doc(_decode(raw, path, lineno), path, lineno)
+        if parsed is not None:
+            doc, id_field = parsed
+            if doc.id in first_line:
+                raise DataError(path, lineno, id_field, f"duplicate id {doc.id!r} (first on line {first_line[doc.id]})")
+            first_line[doc.id] = lineno
+            yield offset, lineno, doc, id_field
     if not first_line:
         raise DataError(path, None, None, "the corpus is empty")
 
@@ -236,10 +277,12 @@ class CorpusStream:
 
     def __getitem__(self, doc_id: str) -> Doc:
         offset, lineno = self._offsets[doc_id]
-        opener = gzip.open if self.path.suffix == ".gz" else open
-        with opener(self.path, "rb") as lines:
-            lines.seek(offset)
-            return _parse_doc(lines.readline().decode("utf-8"), self.path, lineno)[0]
+        lines = _raw_lines(self.path, offset, lineno)
+        try:
+            _, _, raw = next(lines)
+        finally:
+            lines.close()  # closes the file now, not when the generator is collected
+        return _parse_doc(_decode(raw, self.path, lineno), self.path, lineno)[0]
 
     @property
     def ids(self) -> list[str]:
@@ -333,21 +376,20 @@ def _qrels_lines(path: Path) -> Iterator[tuple[int, str, str, int]]:
                 raise DataError(path, lineno, "score", f"expected an integer relevance, got {score!r}")
             yield lineno, qid, doc_id, int(score)
         return
-    with _open_text(path) as lines:
-        for lineno, line in enumerate(lines, start=1):
-            cols = line.split("\t") if "\t" in line else line.split()
-            cols = [c.strip() for c in cols]
-            if not line.strip() or (lineno == 1 and _is_header(cols[0])):
-                continue
-            if len(cols) == 4:  # TREC: qid iteration docid rel
-                cols = [cols[0], cols[2], cols[3]]
-            if len(cols) != 3:
-                raise DataError(path, lineno, None, f"expected 'query-id corpus-id score' or TREC 'qid 0 docid rel', got {len(cols)} columns")
-            try:
-                score = int(cols[2])
-            except ValueError:
-                raise DataError(path, lineno, "score", f"expected an integer relevance, got {cols[2]!r}") from None
-            yield lineno, _id(cols[0], path, lineno, "query-id"), _id(cols[1], path, lineno, "corpus-id"), score
+    for lineno, line in _text_lines(path):
+        cols = line.split("\t") if "\t" in line else line.split()
+        cols = [c.strip() for c in cols]
+        if not line.strip() or (lineno == 1 and _is_header(cols[0])):
+            continue
+        if len(cols) == 4:  # TREC: qid iteration docid rel
+            cols = [cols[0], cols[2], cols[3]]
+        if len(cols) != 3:
+            raise DataError(path, lineno, None, f"expected 'query-id corpus-id score' or TREC 'qid 0 docid rel', got {len(cols)} columns")
+        try:
+            score = int(cols[2])
+        except ValueError:
+            raise DataError(path, lineno, "score", f"expected an integer relevance, got {cols[2]!r}") from None
+        yield lineno, _id(cols[0], path, lineno, "query-id"), _id(cols[1], path, lineno, "corpus-id"), score
 
 
 def load_qrels(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from indexes.manifest import IndexLoadError  # noqa: F401  (re-exported: users catch it from here)
+from indexes.manifest import IndexLoadError, IndexSaveError  # noqa: F401  (re-exported: users catch them from here)
 
 
 class DataError(ValueError):
@@ -19,3 +19,12 @@ class DataError(ValueError):
 
 class ModelNotAvailable(RuntimeError):
     """A named model whose package is not installed; the message says what to pip install."""
+
+
+class SpecError(ValueError):
+    """A retriever spec, option or argument that cannot work (unknown key, wrong type, out of range);
+    raised before any indexing or encoding starts."""
+
+
+# what the CLI reports as one line and exit status 2; anything else is a bug and keeps its traceback
+USER_ERRORS = (DataError, IndexLoadError, IndexSaveError, SpecError, ModelNotAvailable, FileNotFoundError)

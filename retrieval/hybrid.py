@@ -11,6 +11,7 @@ from pathlib import Path
 
 from retrieval.api import Retriever, load_retriever
 from retrieval.data import Corpus
+from retrieval.errors import SpecError
 from retrieval.run import ranked
 
 FUSIONS = ("rrf", "weighted")
@@ -67,13 +68,17 @@ class HybridRetriever(Retriever):
 
         members = [m if isinstance(m, Retriever) else parse_spec(m) for m in (members or [])]
         if len(members) < 2:
-            raise ValueError("a hybrid retriever needs at least two members")
+            raise SpecError("a hybrid retriever needs at least two members")
         if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        weights = [float(w) for w in weights] if weights else [1.0] * len(members)
+            raise SpecError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        try:
+            weights, rrf_k, depth = [float(w) for w in weights] if weights else [1.0] * len(members), int(rrf_k), int(depth)
+        except (TypeError, ValueError):  # e.g. weights=0.4 (one number) or rrf_k=sixty
+            raise SpecError(f"weights={weights!r}, rrf_k={rrf_k!r}, depth={depth!r}: expected a list of numbers "
+                            f"(weights=0.4;0.6) and integers") from None
         if len(weights) != len(members):
-            raise ValueError(f"{len(weights)} weights for {len(members)} members")
-        super().__init__(fusion=fusion, rrf_k=int(rrf_k), weights=weights, depth=int(depth))
+            raise SpecError(f"{len(weights)} weights for {len(members)} members")
+        super().__init__(fusion=fusion, rrf_k=rrf_k, weights=weights, depth=depth)
         self.members = members
         if all(m.doc_count for m in members):
             self.doc_count = members[0].doc_count
@@ -86,6 +91,11 @@ class HybridRetriever(Retriever):
     def index(self, corpus: Corpus, engine: str = "local", **options) -> None:
         super().index(corpus, engine, **options)  # refuses engines and options it does not have
         self.build_seconds = self._members_build_seconds()  # the fusion itself costs nothing to build
+
+    def check_index_options(self, engine: str = "local", **options) -> None:
+        super().check_index_options(engine, **options)
+        for member in self.members:  # a bad dense member must fail before the BM25 one is built
+            member.check_index_options()
 
     def describe(self) -> dict:
         return {**super().describe(), "members": [m.describe() for m in self.members]}
@@ -113,7 +123,7 @@ class HybridRetriever(Retriever):
 
     def _save_files(self, folder: Path) -> dict:
         for i, member in enumerate(self.members):
-            member.save(folder / f"member-{i}")
+            member.save_inside(folder / f"member-{i}")
         return {"members": [m.kind for m in self.members]}
 
     @classmethod

@@ -301,7 +301,7 @@ class ChunkedRetriever(Retriever):
         return out
 
     def _save_files(self, folder: Path) -> dict:
-        self.inner.save(folder / "inner")
+        self.inner.save_inside(folder / "inner")
         self._write_docstore(folder)  # whole documents, for search_one's texts
         return {"inner": self.inner.kind, "chunk_count": self.chunk_count}
 

@@ -12,9 +12,11 @@ import os
 import shutil
 import tempfile
 import zipfile
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
-from retrieval.errors import ModelNotAvailable
+from retrieval.errors import IndexLoadError, ModelNotAvailable
 
 # name -> (pip install line, one-line description)
 MODELS = {
@@ -125,6 +127,49 @@ def _mpnet() -> Path | None:
 _LOCATORS = {"minilm": _minilm, "mpnet": _mpnet, "splade-tiny": _splade_tiny, "smollm2-135m": _smollm2}
 
 
+# While a saved index loads, the folders it may read models from: its own and its enclosing indexes' (None:
+# no index is loading). A manifest is untrusted input, so a model path it names outside the index (its
+# config's `model`, a key model's base) is refused unless the caller says it trusts the index.
+_INDEX_ROOTS: ContextVar[tuple[Path, ...] | None] = ContextVar("dengen_index_roots", default=None)
+_TRUST_PATHS: ContextVar[bool] = ContextVar("dengen_trust_paths", default=False)
+
+
+@contextmanager
+def reading_index(root: Path, trust_paths: bool = False):
+    """Model references resolved inside this block must be registry names or folders inside `root`
+    (or inside an enclosing index being loaded), unless `trust_paths` or `trusting_paths()` is in force."""
+    if trust_paths or _TRUST_PATHS.get():
+        with trusting_paths():  # a trusted index's members are trusted with it
+            yield
+        return
+    token = _INDEX_ROOTS.set((*(_INDEX_ROOTS.get() or ()), Path(root).resolve()))
+    try:
+        yield
+    finally:
+        _INDEX_ROOTS.reset(token)
+
+
+@contextmanager
+def trusting_paths():
+    """Trust every index loaded inside this block to name model folders outside itself (CLI --trust-paths)."""
+    token = _TRUST_PATHS.set(True)
+    try:
+        yield
+    finally:
+        _TRUST_PATHS.reset(token)
+
+
+def check_model_reference(name: str) -> None:
+    """Refuse a model folder outside the index being loaded (see `reading_index`); registry names pass."""
+    roots = _INDEX_ROOTS.get()
+    if roots is None or _TRUST_PATHS.get() or name in _LOCATORS:
+        return
+    path = Path(name).resolve()
+    if not any(path.is_relative_to(root) for root in roots):
+        raise IndexLoadError(f"{roots[-1]}: the index names the model folder {name!r}, outside the index; load it with "
+                             f"trust_paths=True (CLI: --trust-paths) if you trust the index and that folder")
+
+
 def model_path(name: str) -> Path:
     """Folder of a named model, or `name` itself when it is a local folder."""
     if name in _LOCATORS:
@@ -132,6 +177,7 @@ def model_path(name: str) -> Path:
         if folder is None:
             raise _missing(name)
         return folder
+    check_model_reference(name)
     if Path(name).is_dir():
         return Path(name)
     raise ModelNotAvailable(f"unknown model {name!r}: use one of {', '.join(MODELS)} or a local folder")

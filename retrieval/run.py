@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+from indexes.manifest import atomic_path
 from retrieval.errors import DataError
 
 
@@ -36,12 +37,10 @@ class Run(dict):
             if bad is not None:
                 raise ValueError(f"{path}: id {bad!r} is empty or holds white space, which a TREC run file cannot hold")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as out:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:  # a reader sees a whole run
             for qid in sorted(self):
                 for rank, (doc_id, score) in enumerate(ranked(self[qid]), start=1):
                     out.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
-        tmp.replace(path)
 
     @classmethod
     def from_trec(cls, path: str | Path) -> Run:

@@ -5,7 +5,7 @@
     dense:model=minilm,index=HNSW32,search_params.efSearch=128
     bm25+dense                            hybrid (RRF) of the members
     runs/bm25+runs/dense@fusion=weighted,weights=0.4;0.6   members may be saved indexes; options after @
-    runs/scifact-minilm                   a saved index folder (has manifest.json)
+    runs/scifact-minilm                   a saved index folder
     config.yaml / config.json / '{"kind": "bm25"}'          a dict {"kind": ..., options...}
 
 Values are read as YAML scalars (numbers, true/false); `a;b` is a list; `x.y=v` sets {"x": {"y": v}};
@@ -18,13 +18,17 @@ from pathlib import Path
 
 import yaml
 
-from indexes.manifest import MANIFEST
+from indexes.manifest import MANIFEST, is_saved_index
+from retrieval.errors import SpecError
 
 
-def _value(text: str):
+def _value(text: str, spec: str):
     if ";" in text:
-        return [_value(part) for part in text.split(";") if part]
-    return yaml.safe_load(text) if text else ""
+        return [_value(part, spec) for part in text.split(";") if part]
+    try:
+        return yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        raise SpecError(f"retriever spec {spec!r}: cannot read the value {text!r}") from None
 
 
 def _options(text: str, spec: str) -> dict:
@@ -37,13 +41,13 @@ def _options(text: str, spec: str) -> dict:
     options: dict = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"retriever spec {spec!r}: option {item!r} is not key=value")
+            raise SpecError(f"retriever spec {spec!r}: option {item!r} is not key=value")
         key, value = item.split("=", 1)
         *parents, leaf = key.strip().split(".")
         target = options
         for parent in parents:
             target = target.setdefault(parent, {})
-        target[leaf] = _value(value.strip())
+        target[leaf] = _value(value.strip(), spec)
     return options
 
 
@@ -51,22 +55,35 @@ def spec_to_config(spec: str | dict) -> dict | str:
     """A config dict {"kind", ...options}, or the path of a saved index (returned as a str)."""
     if isinstance(spec, dict):
         if "kind" not in spec:
-            raise ValueError(f"retriever config {spec!r} has no 'kind'")
+            raise SpecError(f"retriever config {spec!r} has no 'kind'")
         return dict(spec)
     spec = spec.strip()
-    if (Path(spec) / MANIFEST).is_file():
+    if is_saved_index(spec):
         return spec
     if spec.startswith("{"):
-        return spec_to_config(json.loads(spec))
+        try:
+            return spec_to_config(_mapping(json.loads(spec), spec))
+        except json.JSONDecodeError as err:
+            raise SpecError(f"retriever spec {spec!r}: not valid JSON ({err.msg} at column {err.colno})") from None
     if spec.endswith((".json", ".yaml", ".yml")) and Path(spec).is_file():
-        return spec_to_config(yaml.safe_load(Path(spec).read_text(encoding="utf-8")))
+        try:
+            config = yaml.safe_load(Path(spec).read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise SpecError(f"{spec}: not a readable YAML/JSON config ({' '.join(str(err).split())})") from None
+        return spec_to_config(_mapping(config, spec))
     if "+" in spec:
         members, _, options = spec.partition("@")
         return {"kind": "hybrid", "members": [m.strip() for m in members.split("+")], **_options(options, spec)}
     kind, _, options = spec.partition(":")
     if "/" in kind or Path(kind).exists():
-        raise ValueError(f"{spec}: no {MANIFEST} there, so it is not a saved index")
+        raise SpecError(f"{spec}: no {MANIFEST} there, so it is not a saved index")
     return {"kind": kind, **_options(options, spec)}
+
+
+def _mapping(config, source: str) -> dict:
+    if not isinstance(config, dict):
+        raise SpecError(f"{source}: a retriever config is a mapping {{kind: ..., options...}}, got {type(config).__name__}")
+    return config
 
 
 def parse_spec(spec: str | dict):

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from indexes.manifest import atomic_write
+
 
 def cpu_model() -> str:
     try:
@@ -38,10 +40,7 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
 
 
 def write_json(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(result, indent=2) + "\n")
 
 
 def status_bytes(field: str) -> int | None:

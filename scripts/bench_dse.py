@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from indexes.manifest import atomic_write
+
 
 def timed(fn, repeats: int) -> tuple[float, object]:
     fn()  # warm-up (allocations, lazy init)
@@ -106,10 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{row['method']:48} {row['seconds']:10.4f} {row['speedup']:9.1f}x")
     print(f"top-10 overlap, student vs teacher: {report['top10_overlap_student_vs_teacher']:.1f}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, json.dumps(report, indent=2))
     print(f"wrote {out}")
     return report
 

@@ -16,6 +16,8 @@ import statistics
 import time
 from pathlib import Path
 
+from indexes.manifest import atomic_write
+
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -66,10 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         print(f"{r['layers']:>6} {r['docs_per_s_best']:12.1f} {r['docs_per_s_median']:14.1f} {r['speedup_best']:14.2f}x {r['speedup_median']:15.2f}x")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, json.dumps(report, indent=2))
     print(f"wrote {out}")
     return report
 

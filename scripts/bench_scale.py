@@ -284,7 +284,7 @@ def start_jvm() -> None:
 
 
 def bm25_build(engine: str, n: int, work: Path, repeats: int) -> dict:
-    from indexes.manifest import folder_bytes
+    from indexes.manifest import current_folder, folder_bytes
     from retrieval.sparse.bm25 import BM25Retriever
 
     start_jvm()
@@ -294,7 +294,7 @@ def bm25_build(engine: str, n: int, work: Path, repeats: int) -> dict:
     folder = cell_folder(work, engine, n)
     _, save_s = timed(lambda: retriever.save(folder))
     return {"build_seconds": build_s, "save_seconds": save_s, "index_bytes": folder_bytes(folder),
-            "lucene_bytes": folder_bytes(folder / "lucene"), "threads": retriever.threads}
+            "lucene_bytes": folder_bytes(current_folder(folder) / "lucene"), "threads": retriever.threads}
 
 
 def bm25_search(engine: str, n: int, work: Path, repeats: int) -> dict:

@@ -86,7 +86,7 @@ def assert_saved_encoder_reloads(encoder_folder: Path, data: Path, tmp_path: Pat
     retriever.save(tmp_path / "index")
     code = (
         "import json; from retrieval import load_retriever, load_queries\n"
-        f"r = load_retriever({str(tmp_path / 'index')!r})\n"
+        f"r = load_retriever({str(tmp_path / 'index')!r}, trust_paths=True)\n"  # the module folder is outside the index
         f"print(json.dumps(r.search(load_queries({str(data)!r}), k=5)))"
     )
     there = json.loads(run_python(code).strip().splitlines()[-1])

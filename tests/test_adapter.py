@@ -9,6 +9,7 @@ import pytest
 
 from indexes.manifest import IndexLoadError
 from retrieval.dense.adapter import AdaptedEncoder, ResidualAdapter
+from indexes.manifest import current_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +119,7 @@ def test_save_then_load_in_a_new_process(tmp_path):
 def test_damaged_save_fails_to_load(tmp_path, damage):
     folder = tmp_path / "adapter"
     trained_adapter().save(folder)
-    target = folder / "B.npy"
+    target = current_folder(folder) / "B.npy"
     data = target.read_bytes()
     if damage == "truncate":
         target.write_bytes(data[:-4])

@@ -8,6 +8,7 @@ from conftest import REPO, TINY_QRELS, run_python
 from eval.report import chromium
 from eval.runner import evaluate
 from retrieval import load_dataset, parse_spec
+from indexes.manifest import current_folder
 
 
 def dengen(*args, check=True):
@@ -73,7 +74,7 @@ def test_cli_reports_bad_input_with_file_and_line(tiny_beir):
 
 def test_cli_refuses_damaged_index(tiny_beir, tmp_path):
     dengen("index", "build", "--data", tiny_beir, "--retriever", "bm25", "--out", tmp_path / "idx")
-    (tmp_path / "idx" / "docs.jsonl").write_text("")
+    (current_folder(tmp_path / "idx") / "docs.jsonl").write_text("")
     done = dengen("search", "--index", tmp_path / "idx", "--query", "x", check=False)
     assert done.returncode != 0 and "truncated" in done.stderr
 

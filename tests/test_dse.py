@@ -9,6 +9,7 @@ import pytest
 from conftest import assert_saved_encoder_reloads
 from indexes.manifest import IndexLoadError
 from retrieval.dense.dse import CrossEncoderScorer, DSEEncoder, DSEHead, dse_loss
+from indexes.manifest import current_folder
 
 torch = pytest.importorskip("torch")
 
@@ -179,7 +180,7 @@ def test_damaged_or_incomplete_folder_is_refused(tiny, tmp_path):
     from retrieval.dense.encoders import load_encoder
 
     DSEEncoder(tiny_student(tiny)).save(tmp_path / "dse")
-    with open(tmp_path / "dse" / "model" / "model.safetensors", "ab") as f:
+    with open(current_folder(tmp_path / "dse") / "model" / "model.safetensors", "ab") as f:
         f.write(b"x")
     with pytest.raises(IndexLoadError):
         load_encoder(tmp_path / "dse")

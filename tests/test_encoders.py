@@ -20,7 +20,7 @@ def test_a_module_whose_base_weights_changed_is_refused(tmp_path):
 
 
 def test_a_saved_folder_of_another_kind_is_not_an_encoder(tmp_path):
-    write_index_dir(tmp_path / "bm25", lambda tmp: {"kind": "bm25"})
+    write_index_dir(tmp_path / "bm25", lambda tmp: (tmp / "docids.txt").write_text("d1\n") and {"kind": "bm25"})
     with pytest.raises(ValueError, match="not an encoder"):
         load_encoder(tmp_path / "bm25")
 
@@ -36,5 +36,7 @@ def test_a_dense_index_refuses_a_module_folder_changed_after_indexing(tiny_beir,
     retriever.save(tmp_path / "index")
     adapter(1).save(tmp_path / "a", base=base)  # retrained in place
     assert encoder_fingerprint(tmp_path / "a") != before
-    with pytest.raises(IndexLoadError, match="re-index"):
+    with pytest.raises(IndexLoadError, match="outside the index"):  # an untrusted index may not name it at all
         load_retriever(tmp_path / "index")
+    with pytest.raises(IndexLoadError, match="re-index"):
+        load_retriever(tmp_path / "index", trust_paths=True)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from indexes.fmindex import FMIndex
 from indexes.manifest import IndexLoadError, write_index_dir
+from indexes.manifest import current_folder
 
 B = FMIndex.BOUNDARY
 FAST = settings(max_examples=300, deadline=None)
@@ -253,7 +254,7 @@ def test_memory_mapped_load_keeps_the_wavelet_matrix_out_of_anonymous_memory(tmp
 
 def test_truncated_or_changed_file_is_refused(tmp_path):
     FMIndex.build(DOCS).save(tmp_path / "fm")
-    path = tmp_path / "fm" / "bwt.npy"
+    path = current_folder(tmp_path / "fm") / "bwt.npy"
     original = path.read_bytes()
     path.write_bytes(original[:-4])
     with pytest.raises(IndexLoadError, match="bwt.npy: .* truncated"):
@@ -287,11 +288,11 @@ def test_interrupted_save_leaves_nothing_that_loads(tmp_path, monkeypatch):
     calls.clear()
     monkeypatch.setattr(np, "save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        FMIndex.build([[7, 7]]).save(tmp_path / "fm")
+        FMIndex.build([[7, 7]]).save(tmp_path / "fm", overwrite=True)
     assert answers(FMIndex.load(tmp_path / "fm")) == answers(fm)  # the old index survives a failed resave
 
 
 def test_another_kind_of_index_is_refused(tmp_path):
-    write_index_dir(tmp_path / "other", lambda folder: {"kind": "faiss"})
+    write_index_dir(tmp_path / "other", lambda folder: (folder / "x.faiss").write_bytes(b"x") and {"kind": "faiss"})
     with pytest.raises(IndexLoadError, match="not an FM-index"):
         FMIndex.load(tmp_path / "other")

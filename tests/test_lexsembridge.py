@@ -8,6 +8,7 @@ import pytest
 
 from conftest import assert_saved_encoder_reloads, shared
 from retrieval.dense.lexsembridge import LexSemBridgeEncoder, lexical_bridge_class, make_bridge
+from indexes.manifest import current_folder
 
 torch = pytest.importorskip("torch")
 
@@ -157,11 +158,12 @@ def test_save_load_keeps_bridge_in_process(tiny_model, tmp_path):
     enc = LexSemBridgeEncoder(base, _loud(make_bridge(base.model, "llr")), info={"note": "test"})
     manifest = enc.save(tmp_path / "module")
     assert manifest["kind"] == "lexsembridge" and manifest["bridge"]["method"] == "llr"
-    assert (tmp_path / "module" / "bridge.safetensors").is_file() and (tmp_path / "module" / "model").is_dir()
+    module = current_folder(tmp_path / "module")
+    assert (module / "bridge.safetensors").is_file() and (module / "model").is_dir()
     loaded = load_encoder(tmp_path / "module", device="cpu")
     assert isinstance(loaded, LexSemBridgeEncoder) and loaded.bridge.method == "llr"
     np.testing.assert_allclose(loaded.encode_queries(TEXTS), enc.encode_queries(TEXTS), atol=1e-6)
-    bridgeless = load_encoder(tmp_path / "module" / "model", device="cpu")  # what the reference's save keeps
+    bridgeless = load_encoder(module / "model", device="cpu")  # what the reference's save keeps
     assert np.abs(loaded.encode_queries(TEXTS) - bridgeless.encode_queries(TEXTS)).max() > 1e-2
 
 
@@ -175,7 +177,7 @@ def test_saved_module_reloads_in_new_process_and_bridge_matters(tmp_path, tiny_b
     enc = LexSemBridgeEncoder(base, _loud(make_bridge(base.model, "slr"), seed=1))
     enc.save(tmp_path / "module")
     run = assert_saved_encoder_reloads(tmp_path / "module", tiny_beir, tmp_path)
-    plain = build_retriever("dense", model=str(tmp_path / "module" / "model"))
+    plain = build_retriever("dense", model=str(current_folder(tmp_path / "module") / "model"))
     plain.index(load_corpus(tiny_beir))
     plain_run = plain.search(load_queries(tiny_beir), k=5)
     assert any(abs(run[q][d] - plain_run[q].get(d, -9)) > 1e-3 for q in run for d in run[q])
@@ -188,7 +190,7 @@ def test_tampered_bridge_is_refused(tiny_model, tmp_path):
 
     base = SentenceEncoder(str(tiny_model), device="cpu")
     LexSemBridgeEncoder(base, make_bridge(base.model, "slr")).save(tmp_path / "m")
-    path = tmp_path / "m" / "bridge.safetensors"
+    path = current_folder(tmp_path / "m") / "bridge.safetensors"
     path.write_bytes(path.read_bytes()[:-8])
     with pytest.raises(IndexLoadError):
         load_encoder(tmp_path / "m")

@@ -18,6 +18,7 @@ from retrieval.longdoc import (
     word_spans,
 )
 from retrieval.spec import spec_to_config
+from indexes.manifest import current_folder
 
 FILLER = "the committee talked about the weather and the agenda for next week again " * 12  # 156 words
 LONG_DOCS = [
@@ -198,10 +199,10 @@ def test_manifest_and_damaged_inner_file(chunked_bm25, tmp_path):
     assert manifest["config"] == {"window": 20, "stride": 10, "unit": "words", "tokenizer": None, "depth": 1000}
     assert "inner/docids.txt" in manifest["files"] and any(f.startswith("inner/lucene/") for f in manifest["files"])
     loaded = load_retriever(path)
-    assert loaded.inner.path == path / "inner" and loaded.doc_text("m3") == "a short meeting about lunch"
+    assert loaded.inner.path == current_folder(path) / "inner" and loaded.doc_text("m3") == "a short meeting about lunch"
     copy = tmp_path / "copy"
     shutil.copytree(path, copy)
-    (copy / "inner" / "docids.txt").write_text("m1#c0\n")
+    (current_folder(copy) / "inner" / "docids.txt").write_text("m1#c0\n")
     with pytest.raises(IndexLoadError, match="truncated"):
         load_retriever(copy)
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from indexes.manifest import FORMAT, read_manifest, write_index_dir
+from indexes.manifest import FORMAT, current_folder, read_manifest, write_index_dir
 from retrieval import IndexLoadError
 
 
@@ -40,27 +40,28 @@ def test_failed_resave_keeps_the_old_index(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        write_index_dir(tmp_path / "idx", crash)
+        write_index_dir(tmp_path / "idx", crash, overwrite=True)
     assert read_manifest(tmp_path / "idx")["kind"] == "test"
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [".lock", "gen-000001", "manifest.json"]
 
 
 def test_truncated_file_is_refused(tmp_path):
     write_index_dir(tmp_path / "idx", _fill)
-    (tmp_path / "idx" / "a.bin").write_bytes(b"01234")
+    (current_folder(tmp_path / "idx") / "a.bin").write_bytes(b"01234")
     with pytest.raises(IndexLoadError, match="a.bin: 5 bytes, the manifest says 10: truncated"):
         read_manifest(tmp_path / "idx")
 
 
 def test_altered_file_is_refused(tmp_path):
     write_index_dir(tmp_path / "idx", _fill)
-    (tmp_path / "idx" / "a.bin").write_bytes(b"0123456780")
+    (current_folder(tmp_path / "idx") / "a.bin").write_bytes(b"0123456780")
     with pytest.raises(IndexLoadError, match="altered"):
         read_manifest(tmp_path / "idx")
 
 
 def test_missing_file_and_missing_manifest(tmp_path):
     write_index_dir(tmp_path / "idx", _fill)
-    (tmp_path / "idx" / "sub" / "b.txt").unlink()
+    (current_folder(tmp_path / "idx") / "sub" / "b.txt").unlink()
     with pytest.raises(IndexLoadError, match="missing"):
         read_manifest(tmp_path / "idx")
     (tmp_path / "idx" / "manifest.json").unlink()

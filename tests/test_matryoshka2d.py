@@ -14,6 +14,7 @@ from retrieval.dense.matryoshka2d import (
     truncate_normalise,
 )
 from tests.conftest import assert_saved_encoder_reloads
+from indexes.manifest import current_folder
 
 TEXTS = [
     "what causes scurvy?",
@@ -129,7 +130,7 @@ def test_save_load_round_trip(tiny_encoder, tmp_path):
     Matryoshka2dEncoder(tiny_encoder, layers=2, dim=16).save(tmp_path / "m2d", info={"note": "test"})
     manifest = json.loads((tmp_path / "m2d" / "manifest.json").read_text())
     assert manifest["kind"] == "matryoshka2d" and manifest["layers"] == 2 and manifest["dim"] == 16
-    assert (tmp_path / "m2d" / "model").is_dir()
+    assert (current_folder(tmp_path / "m2d") / "model").is_dir()
     loaded = load_encoder(tmp_path / "m2d", device="cpu")
     assert isinstance(loaded, Matryoshka2dEncoder) and loaded.layers == 2 and loaded.dim == 16
     np.testing.assert_allclose(loaded.encode_queries(TEXTS),
@@ -138,7 +139,7 @@ def test_save_load_round_trip(tiny_encoder, tmp_path):
         Matryoshka2dEncoder(EncoderWrapper(tiny_encoder)).save(tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
     # a tampered weight file is refused
-    weights = next((tmp_path / "m2d" / "model").rglob("*.safetensors"))
+    weights = next((current_folder(tmp_path / "m2d") / "model").rglob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8])
     with pytest.raises(IndexLoadError):
         load_encoder(tmp_path / "m2d")

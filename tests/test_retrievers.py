@@ -7,6 +7,7 @@ from conftest import TINY_QUERIES, run_python, shared
 
 from eval.metrics import evaluate_run
 from retrieval import Corpus, Doc, IndexLoadError, build_retriever, load_corpus, load_dataset, load_retriever, parse_spec
+from indexes.manifest import current_folder
 
 SPECS = {
     "bm25": "bm25",
@@ -68,7 +69,7 @@ def test_a_loaded_index_reads_texts_from_its_docstore_on_disk(built, tmp_path):
     assert isinstance(loaded._texts, CorpusStream) and loaded.doc_text("no-such-doc") is None
     bare = tmp_path / "bare"
     shutil.copytree(path, bare)
-    (bare / "docs.jsonl").unlink()
+    (current_folder(bare) / "docs.jsonl").unlink()
     assert load_retriever(bare, verify=False).doc_text("d2") is None
 
 
@@ -87,8 +88,9 @@ def test_manifest_records_the_build(built):
 def test_truncated_index_file_is_refused(built, tmp_path, name, victim):
     copy = tmp_path / name
     shutil.copytree(built[name][1], copy)
-    data = (copy / victim).read_bytes()
-    (copy / victim).write_bytes(data[: len(data) // 2])
+    path = current_folder(copy) / victim
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
     with pytest.raises(IndexLoadError, match="truncated"):
         load_retriever(copy)
 
@@ -96,7 +98,7 @@ def test_truncated_index_file_is_refused(built, tmp_path, name, victim):
 def test_edited_lucene_file_is_refused(built, tmp_path):
     copy = tmp_path / "bm25"
     shutil.copytree(built["bm25"][1], copy)
-    victim = max((p for p in (copy / "lucene").iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+    victim = max((p for p in (current_folder(copy) / "lucene").iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
@@ -107,9 +109,10 @@ def test_edited_lucene_file_is_refused(built, tmp_path):
 def test_index_built_with_another_model_is_refused(built, tmp_path):
     copy = tmp_path / "dense"
     shutil.copytree(built["dense"][1], copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
+    path = current_folder(copy) / "manifest.json"
+    manifest = json.loads(path.read_text())
     manifest["model"]["sha256"] = "0" * 64
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    path.write_text(json.dumps(manifest))
     with pytest.raises(IndexLoadError, match="re-index with this model"):
         load_retriever(copy)
 
@@ -127,7 +130,7 @@ def test_hybrid_from_saved_members_does_not_reindex(built, tiny_beir_session):
     hybrid = parse_spec(f"{built['bm25'][1]}+{built['dense'][1]}")
     assert hybrid.doc_count == 8
     hybrid.index(load_corpus(tiny_beir_session))  # members already hold this corpus: kept as they are
-    assert [m.path for m in hybrid.members] == [built["bm25"][1], built["dense"][1]]
+    assert [m.path for m in hybrid.members] == [current_folder(built["bm25"][1]), current_folder(built["dense"][1])]
     assert hybrid.search_one("what causes scurvy", k=1)[0].doc_id == "d2"
     other = Corpus([Doc(d.id, d.title, d.text + " extra") for d in load_corpus(tiny_beir_session)])
     hybrid.index(other)  # the same ids and count but other texts: every member is rebuilt

@@ -20,6 +20,7 @@ from retrieval.dense.sitemb import (
     unit_spans,
 )
 from retrieval.longdoc import line_spans, sentence_spans
+from indexes.manifest import current_folder
 
 torch = pytest.importorskip("torch")
 
@@ -160,7 +161,7 @@ def test_retriever_returns_chunks_with_parents_and_offsets(tiny_model, tmp_path)
     here = r.search(queries, k=4)
     r.save(tmp_path / "index")
     code = ("import json; from retrieval import load_retriever\n"
-            f"r = load_retriever({str(tmp_path / 'index')!r})\n"
+            f"r = load_retriever({str(tmp_path / 'index')!r}, trust_paths=True)\n"
             f"print(json.dumps({{'run': r.search({queries!r}, k=4), 'chunk': r.chunk('m2#c1')}}))")
     there = json.loads(run_python(code).strip().splitlines()[-1])
     assert there["chunk"] == ["m2", 31, 66]
@@ -203,7 +204,7 @@ def test_loading_refuses_changed_chunks(tiny_model, tmp_path):
     r.index(CORPUS)
     assert r.encoder.dim == 32  # no baseline: situated vectors only
     r.save(tmp_path / "index")
-    (tmp_path / "index" / "chunks.jsonl").write_text("", encoding="utf-8")
+    (current_folder(tmp_path / "index") / "chunks.jsonl").write_text("", encoding="utf-8")
     with pytest.raises(IndexLoadError):
         load_retriever(tmp_path / "index")
 

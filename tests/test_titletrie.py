@@ -11,6 +11,7 @@ from conftest import tiny_keymodel
 from indexes.manifest import IndexLoadError
 from indexes.titletrie import TRIE_FILE, TitleTrie, decode_char, encode_id, max_token_id
 from retrieval.generative.title_constraint import TitleConstraint
+from indexes.manifest import current_folder
 
 END, EOS, SEP = 0, 1, 2  # ids in the property tests; title tokens are drawn from 3..
 
@@ -165,7 +166,7 @@ def test_altered_or_truncated_files_do_not_load(tmp_path):
     for damage in ("truncate", "alter", "remove"):
         folder = tmp_path / damage
         trie.save(folder)
-        path = folder / TRIE_FILE
+        path = current_folder(folder) / TRIE_FILE
         data = path.read_bytes()
         if damage == "truncate":
             path.write_bytes(data[: len(data) // 2])
@@ -178,7 +179,8 @@ def test_altered_or_truncated_files_do_not_load(tmp_path):
     # without the checksum pass, a truncated file still fails with IndexLoadError (marisa refuses it)
     folder = tmp_path / "unverified"
     trie.save(folder)
-    (folder / TRIE_FILE).write_bytes((folder / TRIE_FILE).read_bytes()[:10])
+    path = current_folder(folder) / TRIE_FILE
+    path.write_bytes(path.read_bytes()[:10])
     with pytest.raises(IndexLoadError):
         TitleTrie.load(folder, verify=False)
 

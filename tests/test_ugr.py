@@ -10,6 +10,7 @@ from conftest import assert_same_run, run_python, shared, tiny_keymodel
 from retrieval import build_retriever, load_corpus, load_dataset
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder
 from retrieval.generative.prompts import DISCRETE_TEXT, TaskPrompt, TaskSource, encoder_embeddings
+from indexes.manifest import current_folder
 
 SOURCES = ["what causes scurvy || body", "hormone controlling blood sugar || title"]
 
@@ -220,7 +221,7 @@ def test_ugr_saves_reloads_in_a_new_process_and_returns_the_same_run(tiny_ugr, t
     tiny_ugr.save(tmp_path / "ugr")
     manifest = json.loads((tmp_path / "ugr" / "manifest.json").read_text())
     assert manifest["kind"] == "ugr" and manifest["prompt_design"] == "hybrid" and manifest["task"] == "sentence"
-    assert (tmp_path / "ugr" / "model" / "prompts.pt").is_file()
+    assert (current_folder(tmp_path / "ugr") / "model" / "prompts.pt").is_file()
     code = (
         "import json\nfrom retrieval import load_retriever, load_dataset\n"
         f"r = load_retriever({str(tmp_path / 'ugr')!r})\n"

@@ -116,7 +116,7 @@ def kilt_scores(run: dict, dataset, queries: dict[str, str], gold: list[dict], p
 
 def evaluate(out: Path, dataset, test: dict[str, str], config: dict, stages: list[str]) -> list[dict]:
     from eval.metrics import evaluate_run
-    from indexes.manifest import folder_bytes
+    from indexes.manifest import current_folder, folder_bytes
     from retrieval import build_retriever, load_retriever
 
     test_set = dataclasses.replace(dataset, queries=test, qrels={q: dataset.qrels[q] for q in test})
@@ -131,11 +131,11 @@ def evaluate(out: Path, dataset, test: dict[str, str], config: dict, stages: lis
         built = build_retriever("corpusbrain", model=str(out / stage), identifier=config["identifier"], **config["search"])
         built.index(dataset.corpus)
         index = out / f"index-{stage}"
-        built.save(index)
+        built.save(index, overwrite=True)  # the recipe's own output
         retriever = load_retriever(index)  # searched as a user would, from the saved folder
         run, latency = timed_search(retriever, test, config["depth"])
         save_run(run, out / "runs" / name)
-        model_bytes = folder_bytes(index / "model")
+        model_bytes = folder_bytes(current_folder(index) / "model")
         row = {"name": name, "options": {"stage": stage}, "metrics": evaluate_run(test_set.qrels, run, ks=config["ks"]),
                "ms_per_query": round(latency, 1), "index_bytes": folder_bytes(index) - model_bytes,
                "model_bytes": model_bytes, "build_seconds": round(built.build_seconds, 1)}

@@ -46,7 +46,7 @@ def evaluate_baselines(test, config: dict, queries: dict[str, str], folder: Path
         retriever = parse_spec(spec)
         retriever.index(test.corpus)
         target = folder / spec.split(":")[0]
-        retriever.save(target)
+        retriever.save(target, overwrite=True)  # the recipe's own output
         run, latency = timed_search(retriever, queries, config["depth"])
         rows.append({"name": spec, "metrics": evaluate_run(test.qrels, run, ks=config["ks"]),
                      "ms_per_query": round(latency, 1), "index_bytes": folder_bytes(target),

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexes.manifest import atomic_write
 from training.contrastive import in_batch_infonce, optimise
 from training.recipe import read_recipe, saved_row
 
@@ -264,10 +265,7 @@ def evaluate_model(encoder, test, tasks: dict, config: dict) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=2))
 
 
 def main(argv: list[str] | None = None) -> dict:

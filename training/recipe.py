@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from indexes.manifest import atomic_write
+
 
 def read_recipe(path: str | Path, defaults: dict) -> dict:
     """`defaults` updated by the YAML mapping at `path`; a non-mapping or an unknown key exits naming the file."""
@@ -24,9 +26,7 @@ def write_results(out: str | Path, report: dict) -> Path:
     """`out/results.json`, written to a temporary name first so a crash never leaves half a file."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    tmp.replace(out / "results.json")
+    atomic_write(out / "results.json", json.dumps(report, indent=2))
     print(f"\nwrote {out / 'results.json'}")
     return out / "results.json"
 

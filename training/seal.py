@@ -182,11 +182,11 @@ def evaluate_seal(index_folder: Path, test, config: dict, queries: dict[str, str
     """The saved SEAL index (loaded, as a user would), then each ablation; generation is shared by the
     ablations that only change the scoring."""
     from eval.metrics import evaluate_run
-    from indexes.manifest import folder_bytes
+    from indexes.manifest import current_folder, folder_bytes
     from retrieval import load_retriever
 
     retriever = load_retriever(index_folder)
-    model_bytes = folder_bytes(index_folder / "model")
+    model_bytes = folder_bytes(current_folder(index_folder) / "model")
     rows = []
     run, latency = timed_search(retriever, queries, config["depth"])
     save_run(run, index_folder.parent / "runs" / "seal")
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     seal = build_retriever("seal", model=str(model_folder), **config["search"])
     seal.index(test.corpus)
     index_folder = out / "index"
-    seal.save(index_folder)
+    seal.save(index_folder, overwrite=True)  # the recipe's own output
     rows = evaluate_seal(index_folder, test, config, queries)
     rows[0]["build_seconds"] = round(seal.build_seconds, 1)
     rows += evaluate_baselines(test, config, queries, out / "baselines")

@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("the retriever's chunks differ from the evaluation's")
     run = retriever.search(test.queries, config["depth"])
     (out / "run-situated.json").write_text(json.dumps(run), encoding="utf-8")
-    retriever.save(out / "index-situated")
+    retriever.save(out / "index-situated", overwrite=True)  # the recipe's own output
     add(f"situated trained (factor {config['residual_factor']})", run, train=info, encode_seconds=seconds)
 
     # the residual factor at query time, on the trained model's stored vectors [s ; b]
@@ -384,7 +384,7 @@ def verify_reload(config: dict) -> dict:
     out = Path(config["out"])
     test = load_chunk_task(config["task"], config["data"], config["test_split"], config["pool_docs"], config["pool_seed"])
     saved = json.loads((out / "run-situated.json").read_text(encoding="utf-8"))
-    run = load_retriever(out / "index-situated").search(test.queries, config["depth"])
+    run = load_retriever(out / "index-situated", trust_paths=True).search(test.queries, config["depth"])  # our model folder
     worst, same_ids = 0.0, True
     for qid, ranked in saved.items():
         same_ids &= list(run[qid]) == list(ranked)

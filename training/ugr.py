@@ -164,9 +164,9 @@ def evaluate(out: Path, units: dict, models: dict, tests: dict, config: dict) ->
                                     parents=parent_name if parent_name in units else None, **config["search"])
             built.index(units[unit_name].corpus)
             index = out / "indexes" / f"{name}-{corpus}"
-            built.save(index)
+            built.save(index, overwrite=True)  # the recipe's own output
             retriever = load_retriever(index)  # searched as a user would, from the saved folder
-            model_bytes = folder_bytes(index / "model")
+            model_bytes = folder_bytes(retriever.path / "model")  # the generation it loaded
             for g in wanted:
                 retriever.set_search_options(granularity=g)
                 run, latency = timed_search(retriever, tests[g].queries, config["depth"])

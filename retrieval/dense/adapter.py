@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.manifest import IndexLoadError, read_manifest, write_index_dir
+from indexes.manifest import IndexLoadError, open_index, write_index_dir
 from retrieval.dense.encoders import EncoderWrapper, base_record, load_base
 
 KIND = "residual-adapter"
@@ -96,13 +96,13 @@ class ResidualAdapter:
             np.save(tmp / B_FILE, self.B)
             return {"kind": KIND, **self.describe(), "base": base, "info": self.info}
 
-        return write_index_dir(folder, fill)
+        return write_index_dir(folder, fill, overwrite=True)  # a module folder of ours; anything else is refused
 
     @classmethod
     def load(cls, folder: str | Path) -> ResidualAdapter:
         """Load a saved adapter; raises `IndexLoadError` if any file is missing, truncated or altered."""
-        folder = Path(folder)
-        manifest = read_manifest(folder)  # verifies every file's size and checksum
+        saved = open_index(folder)  # verifies every file's size and checksum
+        manifest, folder = saved.manifest, saved.folder
         if manifest["kind"] != KIND:
             raise IndexLoadError(f"{folder}: a {manifest['kind']!r} folder, not a {KIND}")
         try:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from indexes.manifest import atomic_path
+
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")  # rename after writing: never a half-written cache
-    np.save(tmp, array)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:  # never a half-written cache
+        np.save(out, array)
 
 
 def cache_key(encoder, dataset) -> str:

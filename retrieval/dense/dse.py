@@ -144,7 +144,7 @@ class DSEEncoder(EncoderWrapper):
             record = save_model_inside(tmp, self.base)
             return {"kind": KIND, "dim": int(self.dim), "head": self.head.describe(), "base": record, "info": self.info}
 
-        return write_index_dir(folder, fill)
+        return write_index_dir(folder, fill, overwrite=True)  # a module folder of ours; anything else is refused
 
 
 def load_encoder(folder: Path, manifest: dict, **options) -> DSEEncoder:
@@ -218,14 +218,15 @@ class CrossEncoderScorer:
             self.tokenizer.save_pretrained(str(tmp))
             return {"kind": TEACHER_KIND, "max_length": self.max_length, "info": dict(info or {})}
 
-        return write_index_dir(folder, fill)
+        return write_index_dir(folder, fill, overwrite=True)  # a module folder of ours; anything else is refused
 
     @classmethod
     def load(cls, folder: str | Path, **options) -> CrossEncoderScorer:
         """A saved teacher; its files are verified against the manifest first."""
-        from indexes.manifest import read_manifest
+        from indexes.manifest import open_index
 
-        manifest = read_manifest(Path(folder))
+        saved = open_index(folder)
+        manifest, folder = saved.manifest, saved.folder
         if manifest["kind"] != TEACHER_KIND:
             raise IndexLoadError(f"{folder}: a {manifest['kind']!r} folder, not a {TEACHER_KIND}")
         options.setdefault("max_length", manifest.get("max_length", 128))

@@ -208,7 +208,7 @@ class DupMAEEncoder(EncoderWrapper):
             return {"kind": KIND, "head": self.head.config(), "ot_dim": self.ot_dim, "representation": self.representation,
                     "dim": self.dim, "base": base, "info": self.info}
 
-        return write_index_dir(folder, fill)
+        return write_index_dir(folder, fill, overwrite=True)  # a module folder of ours; anything else is refused
 
 
 def load_head(folder: Path, manifest: dict):

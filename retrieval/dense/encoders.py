@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.manifest import MANIFEST, read_manifest
+from indexes.manifest import IndexLoadError, is_saved_index, open_index, read_manifest
 
 # saved-folder kind -> "module:function(folder, manifest, **encoder_options) -> encoder"
 ENCODER_KINDS = {
@@ -75,9 +75,11 @@ class EncoderWrapper:
 
 def saved_kind(model: str | Path) -> str | None:
     """The manifest kind when `model` is a saved folder, else None."""
-    path = Path(model) / MANIFEST
-    if not path.is_file():
+    if not is_saved_index(model):
         return None
+    from retrieval.models import check_model_reference
+
+    check_model_reference(str(model))
     return read_manifest(Path(model), verify=False)["kind"]
 
 
@@ -108,10 +110,13 @@ def load_encoder(model: str | Path, **options):
         return SentenceEncoder(str(model), **options)
     if kind not in ENCODER_KINDS:
         raise ValueError(f"{model}: a saved {kind!r} folder, not an encoder (encoder kinds: {', '.join(ENCODER_KINDS)})")
-    manifest = read_manifest(Path(model))
+    saved = open_index(model)
+    if saved.manifest["kind"] != kind:
+        raise IndexLoadError(f"{model}: replaced by a {saved.manifest['kind']!r} folder while it was opened")
     module, name = ENCODER_KINDS[kind].split(":")
-    encoder = getattr(importlib.import_module(module), name)(Path(model), manifest, **options)
-    encoder.saved_fingerprint = folder_fingerprint(manifest)
+    encoder = getattr(importlib.import_module(module), name)(saved.folder, saved.manifest, **options)
+    encoder.saved_fingerprint = folder_fingerprint(saved.manifest)
+    encoder._saved = saved  # holds the generation it reads while it is loaded
     return encoder
 
 
@@ -137,6 +142,10 @@ def load_base(folder: Path, record: dict | None, **options):
 
     if not record:
         raise IndexLoadError(f"{folder}: the saved module does not name its base encoder; save it with the module's save()")
+    from indexes.manifest import safe_relative
+
+    if record.get("inside") and not safe_relative(record["model"]):
+        raise IndexLoadError(f"{folder}: its base model {record['model']!r} is not a folder inside the module")
     base = load_encoder(Path(folder) / record["model"] if record.get("inside") else record["model"], **options)
     if record.get("sha256") and base.fingerprint != record["sha256"]:
         raise IndexLoadError(

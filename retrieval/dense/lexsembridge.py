@@ -224,7 +224,7 @@ class LexSemBridgeEncoder(EncoderWrapper):
             return {"kind": KIND, "bridge": self.bridge.config(), "documents": self.documents, "dim": self.dim,
                     "base": base, "info": self.info}
 
-        return write_index_dir(folder, fill)
+        return write_index_dir(folder, fill, overwrite=True)  # a module folder of ours; anything else is refused
 
 
 def load_bridge(folder: Path, manifest: dict):

@@ -216,7 +216,7 @@ class Matryoshka2dEncoder(EncoderWrapper):
                 "info": dict(info or {}),
             }
 
-        return write_index_dir(folder, fill)
+        return write_index_dir(folder, fill, overwrite=True)  # a module folder of ours; anything else is refused
 
 
 def load_encoder(folder: Path, manifest: dict, **options) -> Matryoshka2dEncoder:

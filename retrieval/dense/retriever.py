@@ -1,6 +1,7 @@
 """Dense retrieval: an encoder's document vectors in a faiss index, searched by inner product."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -10,12 +11,14 @@ from tqdm.auto import tqdm
 
 from indexes.docstore import read_docids
 from indexes.faiss_index import (
-    build_index, build_index_streamed, join_shards, load_index, save_index, search_index, set_search_params, shard_bounds, shard_list,
+    build_index, build_index_streamed, join_shards, load_index, new_index, save_index, search_index, set_search_params, shard_bounds,
+    shard_list,
 )
+from indexes.manifest import inside
 from retrieval.api import Retriever
 from retrieval.data import Corpus, CorpusStream
 from retrieval.dense.encoders import encoder_fingerprint, load_encoder
-from retrieval.errors import IndexLoadError
+from retrieval.errors import IndexLoadError, SpecError
 
 
 STREAM_CHUNK = 8192  # documents encoded and added at a time from a streamed corpus
@@ -66,9 +69,9 @@ class DenseRetriever(Retriever):
         from retrieval.dense.onnx_backend import BACKENDS, QUANTIZE
 
         if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+            raise SpecError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
         if quantize not in QUANTIZE or (quantize and backend != "onnx"):
-            raise ValueError(f"quantize={quantize!r}: 'int8' needs backend='onnx'; None is fp32")
+            raise SpecError(f"quantize={quantize!r}: 'int8' needs backend='onnx'; None is fp32")
         super().__init__(
             model=model, index=index, search_params=search_params or {}, batch_size=batch_size,
             query_prefix=query_prefix, doc_prefix=doc_prefix, max_length=max_length,
@@ -109,11 +112,11 @@ class DenseRetriever(Retriever):
         """engine "local" encodes here; "ray" encodes on Ray (retrieval.ray_engine) with `workers` actors
         at `ray_address` (None: a local Ray). `shards` faiss shards of successive documents (default: one
         locally, one per Ray worker), searched in parallel and merged (indexes.faiss_index.join_shards)."""
-        if shards is not None:
-            shard_bounds(len(corpus), shards)  # refuse an impossible count before encoding
+        if shards is not None and not 1 <= shards <= len(corpus):  # refused before encoding
+            raise SpecError(f"shards={shards}: choose 1..{len(corpus)} (one shard needs at least one document)")
         if isinstance(corpus, CorpusStream) and engine == "local":
             if shards not in (None, 1):
-                raise ValueError("a streamed corpus is indexed as one faiss index (shards=1)")
+                raise SpecError("a streamed corpus is indexed as one faiss index (shards=1)")
             self._use(build_index_streamed(self._encode_stream(corpus), self.config["index"]), corpus.ids)
             return
         texts = [doc.full_text for doc in corpus]
@@ -127,6 +130,23 @@ class DenseRetriever(Retriever):
         bounds = shard_bounds(len(vectors), shards or 1)
         parts = [build_index(vectors[start:end], self.config["index"]) for start, end in bounds]
         self._use(parts[0] if len(parts) == 1 else join_shards(parts), corpus.ids)
+
+    def check_index_options(self, engine: str = "local", **options) -> None:
+        """Also build an empty faiss index from the factory string and set `search_params` on it, so a typo
+        fails before the corpus is encoded: this loads the model (for its dimension) but encodes nothing."""
+        super().check_index_options(engine, **options)
+        factory, params = self.config["index"], self.config["search_params"]
+        if not isinstance(params, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params.values()):
+            raise SpecError(f"search_params={params!r}: expected faiss parameters with numbers, e.g. search_params.nprobe=16")
+        dim = self.encoder.dim
+        try:
+            probe = new_index(dim, str(factory))
+        except RuntimeError as err:
+            raise SpecError(f"index={factory!r}: not a faiss index for dimension {dim}: {_faiss_reason(err)}") from None
+        try:
+            set_search_params(probe, params)
+        except RuntimeError as err:
+            raise SpecError(f"search_params={params!r} on index={factory!r}: {_faiss_reason(err)}") from None
 
     def _encode_stream(self, corpus: CorpusStream) -> Iterator[np.ndarray]:
         """Vectors of a streamed corpus, STREAM_CHUNK documents at a time (each chunk is dropped once added)."""
@@ -183,12 +203,21 @@ class DenseRetriever(Retriever):
                 f"but the installed model hashes {installed[:12]}...: re-index with this model"
             )
         if "onnx" in manifest:
-            self._onnx_file = folder / manifest["onnx"]["file"]
+            self._onnx_file = inside(folder, manifest, manifest["onnx"]["file"])
         files = manifest.get("shards", ["vectors.faiss"])
         ivf = "IVF" in self.config["index"]  # inverted lists searched from disk
-        shards = [load_index(folder / name, mmap=self.mmap, inverted_lists=ivf) for name in files]
-        faiss_index = shards[0] if len(shards) == 1 else join_shards(shards)
-        doc_ids = read_docids(folder)
-        if faiss_index.ntotal != len(doc_ids) or faiss_index.ntotal != manifest["doc_count"]:
-            raise IndexLoadError(f"{folder}: {faiss_index.ntotal} vectors but {len(doc_ids)} doc ids")
-        self._use(faiss_index, doc_ids)
+        try:  # faiss's own refusals of what the (untrusted) manifest names: a file, search_params
+            shards = [load_index(inside(folder, manifest, name), mmap=self.mmap, inverted_lists=ivf) for name in files]
+            faiss_index = shards[0] if len(shards) == 1 else join_shards(shards)
+            doc_ids = read_docids(folder)
+            if faiss_index.ntotal != len(doc_ids) or faiss_index.ntotal != manifest["doc_count"]:
+                raise IndexLoadError(f"{folder}: {faiss_index.ntotal} vectors but {len(doc_ids)} doc ids")
+            self._use(faiss_index, doc_ids)
+        except RuntimeError as err:
+            raise IndexLoadError(f"{folder / 'manifest.json'}: faiss cannot use the saved index with this config: "
+                                 f"{_faiss_reason(err)}") from None
+
+
+def _faiss_reason(err: RuntimeError) -> str:
+    """faiss's message without its C++ location prefix ("Error in <signature> at <file>:<line>: ")."""
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", str(err)).splitlines()[0]

@@ -250,7 +250,7 @@ class SituatedEncoder(EncoderWrapper):
                     "residual_factor": self.residual_factor, "max_length": self.situated_max_length,
                     "dim": self.dim, "info": self.info}
 
-        return write_index_dir(folder, fill)
+        return write_index_dir(folder, fill, overwrite=True)  # a module folder of ours; anything else is refused
 
 
 def load_encoder(folder: Path, manifest: dict, **options) -> SituatedEncoder:

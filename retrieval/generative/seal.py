@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from indexes.docstore import read_docids
 from indexes.fm_shards import ShardedFMIndex
 from indexes.fmindex import FMIndex
+from indexes.manifest import inside
 from retrieval.data import Corpus
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder, diverse_beam_search
 from retrieval.generative.base import GenerativeRetriever
@@ -228,7 +229,7 @@ class SEALRetriever(GenerativeRetriever):
 
     def _load_files(self, folder: Path, manifest: dict) -> None:
         if "fm_shards" in manifest:
-            self.fm = ShardedFMIndex([FMIndex.read_arrays(folder / name) for name in manifest["fm_shards"]])
+            self.fm = ShardedFMIndex([FMIndex.read_arrays(inside(folder, manifest, name)) for name in manifest["fm_shards"]])
         else:
             self.fm = FMIndex.read_arrays(folder / "fmindex")
         self._keymodel = KeyModel.load(folder / "model")

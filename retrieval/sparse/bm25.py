@@ -4,10 +4,17 @@ Defaults follow Anserini: k1=0.9, b=0.4, the default English analyzer (Porter st
 `fields="flat"` indexes title and text as one `contents` field (Anserini's BEIR "flat" indexes, SciFact
 nDCG@10 0.679); `fields="multifield"` indexes the title as its own field and searches both with weight 1
 (Anserini's "multifield", SciFact 0.665).
+
+A build writes Lucene's files under the temporary folder `dengen-bm25-<pid>-<random>`; it is removed when
+the build fails or is interrupted, when the retriever goes away, and, for a process killed outright
+(kill -9), by the next BM25 build, which removes the folders of processes that no longer exist.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,8 +24,41 @@ from tqdm.auto import tqdm
 from indexes.lucene_index import LuceneBM25, build_lucene_index
 from retrieval.api import Retriever
 from retrieval.data import Corpus
+from retrieval.errors import SpecError
 
 LAYOUTS = ("flat", "multifield")
+TEMP_PREFIX = "dengen-bm25-"
+
+
+def _bm25_parameter(name: str, value, upper: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SpecError(f"bm25: {name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and 0 <= value <= upper):
+        bounds = "a finite number >= 0" if upper == math.inf else f"between 0 and {upper:g}"
+        raise SpecError(f"bm25: {name} must be {bounds}, got {value!r}")
+    return float(value)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:  # a killed process not yet reaped by its parent (a zombie) is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux)
+        return True
+
+
+def remove_orphaned_workdirs(root: str | Path | None = None) -> None:
+    """Remove the temporary folders of BM25 builds whose process no longer exists (under `root`, by
+    default the temp folder); a folder of a live process, or not named by this module, is left alone."""
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        owner = re.fullmatch(rf"{TEMP_PREFIX}(\d+)-.+", folder.name)
+        if owner and not _process_exists(int(owner.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class BM25Retriever(Retriever):
@@ -33,9 +73,11 @@ class BM25Retriever(Retriever):
     kind = "bm25"
 
     def __init__(self, k1: float = 0.9, b: float = 0.4, fields: str = "flat", threads: int | None = None):
+        k1 = _bm25_parameter("k1", k1, math.inf)  # checked here, not by Lucene after the whole build
+        b = _bm25_parameter("b", b, 1.0)
         if fields not in LAYOUTS:
-            raise ValueError(f"fields must be one of {LAYOUTS}, got {fields!r}")
-        super().__init__(k1=float(k1), b=float(b), fields=fields)
+            raise SpecError(f"bm25: fields must be one of {LAYOUTS}, got {fields!r}")
+        super().__init__(k1=k1, b=b, fields=fields)
         self.threads = threads or os.cpu_count() or 1
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._lucene_dir: Path | None = None
@@ -49,16 +91,22 @@ class BM25Retriever(Retriever):
                 yield {"id": doc.id, "contents": doc.text, "title": doc.title}
 
     def _index(self, corpus: Corpus) -> None:
-        self._workdir = tempfile.TemporaryDirectory(prefix="dengen-bm25-")
-        folder = Path(self._workdir.name) / "lucene"
+        remove_orphaned_workdirs()
+        workdir = tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-", ignore_cleanup_errors=True)
+        folder = Path(workdir.name) / "lucene"
         extra = ("title",) if self.config["fields"] == "multifield" else ()
-        build_lucene_index(folder, self._lucene_docs(corpus), extra_fields=extra)
-        self._open(folder)
+        try:
+            build_lucene_index(folder, self._lucene_docs(corpus), extra_fields=extra)
+            self._open(folder)
+        except BaseException:  # Ctrl-C included: remove the half-built index now, not at exit
+            workdir.cleanup()
+            raise
+        self._workdir = workdir  # removed when the retriever goes away (or at exit)
 
     def _open(self, folder: Path) -> None:
         fields = {"contents": 1.0, "title": 1.0} if self.config["fields"] == "multifield" else None
-        self._lucene_dir = folder
-        self._searcher = LuceneBM25(folder, k1=self.config["k1"], b=self.config["b"], fields=fields)
+        searcher = LuceneBM25(folder, k1=self.config["k1"], b=self.config["b"], fields=fields)
+        self._lucene_dir, self._searcher = folder, searcher
 
     def _search(self, queries: dict[str, str], k: int) -> dict[str, dict[str, float]]:
         return self._searcher.search(queries, k, threads=self.threads)
