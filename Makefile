@@ -24,9 +24,9 @@ venv: $(STAMP)
 # SciFact with BM25 (Lucene), MiniLM + faiss Flat, and their RRF hybrid: indexes in runs/demo, results and
 # a leaderboard (Markdown + HTML with plots) in $(DEMO)/report.
 demo: $(STAMP)
-	$(DENGEN) eval --data $(DATA) --retriever bm25 --save-index runs/demo/bm25 --out $(DEMO)
-	$(DENGEN) eval --data $(DATA) --retriever dense:model=minilm,index=Flat --save-index runs/demo/dense --out $(DEMO)
-	$(DENGEN) eval --data $(DATA) --retriever runs/demo/bm25+runs/demo/dense --save-index runs/demo/hybrid --out $(DEMO)
+	$(DENGEN) eval --data $(DATA) --retriever bm25 --save-index runs/demo/bm25 --overwrite --out $(DEMO)
+	$(DENGEN) eval --data $(DATA) --retriever dense:model=minilm,index=Flat --save-index runs/demo/dense --overwrite --out $(DEMO)
+	$(DENGEN) eval --data $(DATA) --retriever runs/demo/bm25+runs/demo/dense --save-index runs/demo/hybrid --overwrite --out $(DEMO)
 	$(DENGEN) report $(DEMO) --out $(DEMO)/report
 
 # the report test renders the HTML leaderboard in Debian's headless Chromium (needs root to install)
