@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from indexes.manifest import atomic_path
 from retrieval.data import Corpus, Doc, jsonl_records
 from retrieval.errors import DataError
 from retrieval.run import ranked
@@ -65,12 +66,10 @@ def write_kilt(records: Iterable[dict], path: str | Path) -> None:
     """Write records as KILT jsonl (gzipped when the name ends in .gz), atomically via a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(tmp, "wt", encoding="utf-8") as out:
+    with atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8") as out:
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def check_record(record: dict, path: str | Path, lineno: int | None, *, rank_keys=RANK_KEYS, require_input: bool = True) -> None:

@@ -49,6 +49,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from indexes.manifest import atomic_write
 from retrieval.data import shared_data
 from retrieval.errors import DataError
 
@@ -426,9 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.scorer:
         records = evaluate_mcr_sets(spec, args.sets, limit=args.limit, on_record=_print_record)
         target = args.out / f"{records[0]['label']}.json"
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(records, indent=2), encoding="utf-8")
-        tmp.replace(target)
+        atomic_write(target, json.dumps(records, indent=2))
         everything += records
     buffer = io.StringIO()
     print(format_mcr_table(everything), file=buffer)

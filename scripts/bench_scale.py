@@ -40,6 +40,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from bench_common import cpu_model, machine_info, minilm_tokenizer, status_bytes, timed, write_json
+from indexes.manifest import atomic_path
 from retrieval.data import Doc, jsonl_records, load_corpus, load_dataset, shared_data, write_corpus
 
 K = 10
@@ -148,9 +149,8 @@ def passage_id(i: int) -> str:
 def write_corpus_file(path: Path, sentences: list[str], offsets: np.ndarray, picks: np.ndarray, n: int) -> None:
     """The first n passages as corpus jsonl ({"_id", "title": "", "text"}), written atomically."""
     docs = (Doc(passage_id(i), "", " ".join(sentences[j] for j in picks[offsets[i] : offsets[i + 1]])) for i in range(n))
-    tmp = path.with_name(path.name + ".tmp")
-    write_corpus(docs, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        write_corpus(docs, tmp)
 
 
 def corpus_description(source: Path, sentences: list[str], offsets: np.ndarray, seed: int) -> dict:
@@ -220,16 +220,15 @@ def write_passage_vectors(path: Path, sentence_vecs: np.ndarray, offsets: np.nda
     into one .npy the cells memory-map. Returns the seconds it took."""
     start = time.perf_counter()
     n, dim = len(offsets) - 1, sentence_vecs.shape[1]
-    tmp = path.with_name(path.name + ".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-    for first in range(0, n, VECTOR_CHUNK):
-        last = min(n, first + VECTOR_CHUNK)
-        low, high = offsets[first], offsets[last]
-        sums = np.add.reduceat(sentence_vecs[picks[low:high]], offsets[first:last] - low, axis=0)
-        out[first:last] = sums / np.linalg.norm(sums, axis=1, keepdims=True)  # the mean's direction = the sum's
-    out.flush()
-    del out
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        for first in range(0, n, VECTOR_CHUNK):
+            last = min(n, first + VECTOR_CHUNK)
+            low, high = offsets[first], offsets[last]
+            sums = np.add.reduceat(sentence_vecs[picks[low:high]], offsets[first:last] - low, axis=0)
+            out[first:last] = sums / np.linalg.norm(sums, axis=1, keepdims=True)  # the mean's direction = the sum's
+        out.flush()
+        del out
     return time.perf_counter() - start
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from indexes.fmindex import FMIndex
+from indexes.manifest import IndexSaveError
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder, diverse_beam_search
 from retrieval.generative.keymodel import KeyModel
 
@@ -120,7 +121,13 @@ def test_training_saving_and_reloading(family_model, tmp_path):
     train_keymodel(km, examples, {**DEFAULTS, "max_steps": 12, "batch_size": 8, "lr": 3e-3, "epochs": 100}, progress=False)
     assert km.loss([examples[0][0]], target).item() < before - 1.0
     assert km.owns_weights  # trained fully: its weights are written
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "config.json").write_text("{}")
+    with pytest.raises(IndexSaveError, match="no keymodel.json"):  # a folder of someone else's files
+        km.save(tmp_path / "user")
+    assert (tmp_path / "user" / "config.json").read_text() == "{}"
     km.save(tmp_path / "km")
+    km.save(tmp_path / "km")  # over its own save
     again = KeyModel.load(tmp_path / "km")
     assert again.templates == km.templates and again.causal == km.causal
     assert again.score_keys(examples[0][0], target) == pytest.approx(km.score_keys(examples[0][0], target), abs=1e-5)

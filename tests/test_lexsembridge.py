@@ -310,3 +310,23 @@ def test_saved_row_names_the_results_file_when_a_folder_has_no_row(tmp_path):
     assert saved_row(tmp_path, tmp_path / "a")["name"] == "a"
     with pytest.raises(SystemExit, match=r"results\.json: no row for .*/b"):
         saved_row(tmp_path, tmp_path / "b")
+
+
+def test_a_plain_variant_replaces_only_its_own_folder(tiny_model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from indexes.manifest import IndexSaveError
+    from training.lexsembridge import save_variant
+
+    st = SentenceTransformer(str(tiny_model), device="cpu")
+    user = tmp_path / "plain"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(IndexSaveError, match="not a model this recipe wrote"):
+        save_variant(st, None, {"variant": "plain"}, user)
+    assert (user / "notes.txt").read_text() == "mine"
+    ours = tmp_path / "ours"
+    save_variant(st, None, {"variant": "plain", "steps": 1}, ours)
+    save_variant(st, None, {"variant": "plain", "steps": 2}, ours)  # a re-run replaces it whole
+    assert json.loads((ours / "lexsembridge-info.json").read_text())["steps"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "plain"]  # no partial or old folder left

@@ -217,19 +217,29 @@ def fine_tune(variant: str, config: dict, dataset, progress: bool = True):
 
 def save_variant(st, bridge, info: dict, folder: Path, documents: bool = False) -> None:
     """plain: a sentence-transformers folder; a bridge: a LexSemBridge module folder (model/ + bridge)."""
+    import secrets
     import shutil
     import tempfile
 
+    from indexes.manifest import IndexSaveError
     from retrieval.dense.encoder import SentenceEncoder
     from retrieval.dense.lexsembridge import LexSemBridgeEncoder
 
     if bridge is None:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-        st.save(str(tmp))
-        (tmp / "lexsembridge-info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        if folder.exists() and not (folder / "lexsembridge-info.json").is_file():  # not a plain variant of ours
+            raise IndexSaveError(f"{folder}: exists and is not a model this recipe wrote; it is never replaced")
+        token = secrets.token_hex(4)
+        tmp, old = folder.with_name(f".{folder.name}.partial-{token}"), folder.with_name(f".{folder.name}.old-{token}")
+        tmp.mkdir(parents=True)  # mode from the umask
+        try:
+            st.save(str(tmp))
+            (tmp / "lexsembridge-info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+            if folder.exists():
+                folder.rename(old)
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
         return
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.st-", dir=folder.parent))
     try:  # wrap the trained weights as a SentenceEncoder, then save the whole module atomically

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from indexes.manifest import atomic_path
 from retrieval.dense.encoders import EncoderWrapper
 
 BACKENDS = ("torch", "onnx")
@@ -81,15 +82,14 @@ def export_onnx(st_model, path: Path, layers: int | None = None) -> Path:
     sample = st_model.tokenize(["an example sentence", "a second, somewhat longer example sentence"])
     names = [n for n in INPUTS if n in sample]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with first_layers(st_model, layers), eager_attention(st_model), torch.no_grad():
-        torch.onnx.export(
-            Pipeline(st_model.cpu().eval(), names), tuple(sample[n] for n in names), str(tmp),
-            input_names=names, output_names=["sentence_embedding"], opset_version=OPSET, dynamo=False,
-            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "sentence_embedding": {0: "batch"}},
-        )
-    fuse_transformer(tmp, st_model[0].auto_model.config)
-    tmp.replace(path)  # a crash mid-export leaves only the .tmp file, never a half-written model
+    with atomic_path(path) as tmp:  # a crash mid-export never leaves a half-written model at `path`
+        with first_layers(st_model, layers), eager_attention(st_model), torch.no_grad():
+            torch.onnx.export(
+                Pipeline(st_model.cpu().eval(), names), tuple(sample[n] for n in names), str(tmp),
+                input_names=names, output_names=["sentence_embedding"], opset_version=OPSET, dynamo=False,
+                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "sentence_embedding": {0: "batch"}},
+            )
+        fuse_transformer(tmp, st_model[0].auto_model.config)
     return path
 
 
@@ -97,13 +97,12 @@ def quantize_int8(source: Path, path: Path) -> Path:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     # per-channel scales: one scale per weight matrix gave MiniLM cosines to torch of 0.88-0.97 on
     # ordinary sentences, per output channel 0.985-0.995 (an ad-hoc check, docs/onnx.md)
     # fused ops (com.microsoft domain) have no shape inference: their outputs are float tensors
-    quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
     return path
 
 

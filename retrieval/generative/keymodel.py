@@ -175,7 +175,12 @@ class KeyModel:
         base is named (with the sha256 of its weight files, checked on loading)."""
         from retrieval.generative.prompts import MODULE_NAME, PROMPT_CONFIG, PROMPT_VECTORS
 
+        from indexes.manifest import IndexSaveError
+
         folder = Path(folder)
+        if folder.is_dir() and any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file():
+            raise IndexSaveError(f"{folder}: holds files and no {CONFIG_FILE}; a key model is saved only to a new "
+                                 f"or empty folder or over a key model")
         folder.mkdir(parents=True, exist_ok=True)
         if self.owns_weights or self.lora:
             inner = self.model.get_base_model() if self.lora else self.model
