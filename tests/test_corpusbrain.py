@@ -131,3 +131,12 @@ def test_recipe_pretrains_finetunes_evaluates_and_reloads(tmp_path):
     assert json.loads((tmp_path / "out" / "verify.json").read_text())["identical"] is True
     assert len(list((tmp_path / "report").glob("squad-v1.1-dev-test-page-*.json"))) == 3
     assert (tmp_path / "out" / "kilt" / "gold.jsonl").is_file() and (tmp_path / "out" / "kilt" / "corpusbrain.jsonl").is_file()
+
+
+@pytest.mark.parametrize("name", ["corpusbrain-squad", "corpusbrain-limit-small", "corpusbrain-squad-zeroshot", "corpusbrain-squad-lora"])
+def test_shipped_configs_read(name):
+    from training.corpusbrain import DEFAULTS
+    from training.recipe import read_recipe
+
+    config = read_recipe(REPO / "training" / "configs" / f"{name}.yaml", DEFAULTS)  # unknown keys or bad types fail
+    assert config["out"] == f"results/{name}"
