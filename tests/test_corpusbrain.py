@@ -133,7 +133,8 @@ def test_recipe_pretrains_finetunes_evaluates_and_reloads(tmp_path):
     assert (tmp_path / "out" / "kilt" / "gold.jsonl").is_file() and (tmp_path / "out" / "kilt" / "corpusbrain.jsonl").is_file()
 
 
-@pytest.mark.parametrize("name", ["corpusbrain-squad", "corpusbrain-limit-small", "corpusbrain-squad-zeroshot", "corpusbrain-squad-lora"])
+@pytest.mark.parametrize("name", ["corpusbrain-squad", "corpusbrain-limit-small", "corpusbrain-squad-zeroshot", "corpusbrain-squad-lora",
+                                  "corpusbrain-limit-small-lora"])
 def test_shipped_configs_read(name):
     from training.corpusbrain import DEFAULTS
     from training.recipe import read_recipe
