@@ -72,12 +72,15 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def file_table(folder: Path) -> dict[str, dict]:
-    """{relative path: {bytes, sha256}} for every file under `folder` except the manifest itself."""
+    """{relative path: {bytes, sha256}} for every file under `folder` except the manifest itself, each file
+    fsynced as it is read: a generation is on disk before the pointer names it."""
     table = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if rel != MANIFEST:
-            table[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            with open(path, "rb") as f:
+                table[rel] = {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+                os.fsync(f.fileno())
     return table
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.manifest import IndexLoadError, is_saved_index, open_index, read_manifest
+from indexes.manifest import IndexLoadError, is_saved_index, open_index, read_manifest, safe_relative
 
 # saved-folder kind -> "module:function(folder, manifest, **encoder_options) -> encoder"
 ENCODER_KINDS = {
@@ -75,12 +75,18 @@ class EncoderWrapper:
 
 def saved_kind(model: str | Path) -> str | None:
     """The manifest kind when `model` is a saved folder, else None."""
+    manifest = _saved_manifest(model)
+    return None if manifest is None else manifest["kind"]
+
+
+def _saved_manifest(model: str | Path) -> dict | None:
+    """The (unverified) manifest when `model` is a saved folder the loading index may name, else None."""
     if not is_saved_index(model):
         return None
     from retrieval.models import check_model_reference
 
     check_model_reference(str(model))
-    return read_manifest(Path(model), verify=False)["kind"]
+    return read_manifest(Path(model), verify=False)
 
 
 def folder_fingerprint(manifest: dict) -> str:
@@ -90,8 +96,9 @@ def folder_fingerprint(manifest: dict) -> str:
 
 def encoder_fingerprint(model: str | Path) -> str:
     """What a dense index records to catch a swapped encoder, without loading any model."""
-    if saved_kind(model) is not None:
-        return folder_fingerprint(read_manifest(Path(model), verify=False))
+    manifest = _saved_manifest(model)
+    if manifest is not None:
+        return folder_fingerprint(manifest)
     from retrieval.models import model_fingerprint, model_path
 
     return model_fingerprint(model_path(str(model)))
@@ -103,16 +110,18 @@ def load_encoder(model: str | Path, **options):
     `options` (batch_size, query_prefix, doc_prefix, max_length, device) go to the innermost
     sentence-transformers encoder. A saved folder is verified (sizes, checksums) before it is used.
     """
-    kind = saved_kind(model)
-    if kind is None:
+    if not is_saved_index(model):
         from retrieval.dense.encoder import SentenceEncoder
 
         return SentenceEncoder(str(model), **options)
+    from retrieval.models import check_model_reference
+
+    check_model_reference(str(model))
+    saved = open_index(model)  # read once: the generation checked is the one used
+    kind = saved.manifest["kind"]
     if kind not in ENCODER_KINDS:
+        saved.close()
         raise ValueError(f"{model}: a saved {kind!r} folder, not an encoder (encoder kinds: {', '.join(ENCODER_KINDS)})")
-    saved = open_index(model)
-    if saved.manifest["kind"] != kind:
-        raise IndexLoadError(f"{model}: replaced by a {saved.manifest['kind']!r} folder while it was opened")
     module, name = ENCODER_KINDS[kind].split(":")
     encoder = getattr(importlib.import_module(module), name)(saved.folder, saved.manifest, **options)
     encoder.saved_fingerprint = folder_fingerprint(saved.manifest)
@@ -138,12 +147,8 @@ def save_model_inside(tmp: Path, encoder, name: str = "model") -> dict:
 
 def load_base(folder: Path, record: dict | None, **options):
     """The base encoder a saved module names; refuses a module without one, or one whose base weights changed."""
-    from retrieval.errors import IndexLoadError
-
     if not record:
         raise IndexLoadError(f"{folder}: the saved module does not name its base encoder; save it with the module's save()")
-    from indexes.manifest import safe_relative
-
     if record.get("inside") and not safe_relative(record["model"]):
         raise IndexLoadError(f"{folder}: its base model {record['model']!r} is not a folder inside the module")
     base = load_encoder(Path(folder) / record["model"] if record.get("inside") else record["model"], **options)
