@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,8 +34,6 @@ from manifest_fuzz import fuzz_manifests  # noqa: E402
 from retrieval import Corpus, build_retriever, load_corpus, load_retriever  # noqa: E402
 from retrieval.data import shared_data, write_corpus  # noqa: E402
 
-TEMP = Path(tempfile.mkdtemp(prefix="dengen-reliability-tmp-"))  # the builds' TMPDIR: their BM25 leftovers counted alone
-ENV = {**os.environ, "TMPDIR": str(TEMP)}
 QUERIES = ["vitamin D deficiency", "cancer cells apoptosis", "insulin resistance obesity", "malaria vaccine",
            "stem cell differentiation", "antibiotic resistance bacteria", "DNA repair", "blood pressure"]
 
@@ -78,21 +75,24 @@ def answers(retriever) -> list[list[str]]:
 
 
 def kill_during_builds(work: Path, corpora: dict[str, Path], kills: int, rng: random.Random) -> dict:
+    temp = work / "tmp"  # the builds' TMPDIR: their BM25 leftovers counted alone
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
     target = work / "killed"
     expected = {}
     for name, corpus in corpora.items():
         subprocess.run([sys.executable, "-m", "retrieval.cli", "index", "build", "--data", str(corpus), "--retriever",
-                        "bm25", "--out", str(work / name)], cwd=REPO, check=True, capture_output=True, env=ENV)
+                        "bm25", "--out", str(work / name)], cwd=REPO, check=True, capture_output=True, env=env)
         expected[name] = answers(load_retriever(work / name))
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "retrieval.cli", "index", "build", "--data", str(corpora["small"]),
-                    "--retriever", "bm25", "--out", str(target)], cwd=REPO, check=True, capture_output=True, env=ENV)
+                    "--retriever", "bm25", "--out", str(target)], cwd=REPO, check=True, capture_output=True, env=env)
     whole = time.perf_counter() - start
     current, outcomes, failures = "small", {"old": 0, "new": 0}, []
     for attempt in range(kills):
         new = "large" if current == "small" else "small"
         build = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "index", "build", "--data", str(corpora[new]),
-                                  "--retriever", "bm25", "--out", str(target), "--overwrite"], cwd=REPO, env=ENV,
+                                  "--retriever", "bm25", "--out", str(target), "--overwrite"], cwd=REPO, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         delay = rng.uniform(0.5, 1.2) * whole
         time.sleep(delay)
@@ -111,13 +111,13 @@ def kill_during_builds(work: Path, corpora: dict[str, Path], kills: int, rng: ra
         else:
             failures.append(f"kill {attempt} at {delay:.2f} s: answers of neither version")
     leftovers_before = sorted(p.name for p in target.iterdir())
-    temp_before = list(TEMP.glob("dengen-bm25-*"))
+    temp_before = list(temp.glob("dengen-bm25-*"))
     # the next save to the path removes a killed save's leftovers; the next BM25 build removes killed builds' temp folders
     subprocess.run([sys.executable, "-m", "retrieval.cli", "index", "build", "--data", str(corpora[current]), "--retriever",
-                    "bm25", "--out", str(target), "--overwrite"], cwd=REPO, check=True, capture_output=True, env=ENV)
+                    "bm25", "--out", str(target), "--overwrite"], cwd=REPO, check=True, capture_output=True, env=env)
     return {"kills": kills, "build_seconds_unkilled": round(whole, 2), "outcomes": outcomes, "failures": failures,
             "entries_after_kills": leftovers_before, "entries_after_next_save": sorted(p.name for p in target.iterdir()),
-            "temp_folders_after_kills": len(temp_before), "temp_folders_after_next_build": len(list(TEMP.glob("dengen-bm25-*")))}
+            "temp_folders_after_kills": len(temp_before), "temp_folders_after_next_build": len(list(temp.glob("dengen-bm25-*")))}
 
 
 def readers_during_resaves(work: Path, readers: int, saves: int) -> dict:
@@ -178,7 +178,6 @@ def main() -> None:
         print(json.dumps(report["readers_during_resaves"], indent=1))
         report["manifest_fuzz"] = fuzz_saved_manifests(work, args.fuzz, rng)
         print(json.dumps(report["manifest_fuzz"], indent=1))
-    shutil.rmtree(TEMP, ignore_errors=True)
     write_json(Path(args.out), report)
     print(f"wrote {args.out}")
 
