@@ -225,6 +225,8 @@ class KeyModel:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, folder, is_trainable=trainable)
+            if not trainable:  # folded into the base weights (kept apart, so a re-save still writes adapters only)
+                model.merge_adapter()
         keymodel = cls(model, AutoTokenizer.from_pretrained(folder), base, config["max_source_tokens"],
                        config.get("templates") or "plain")
         keymodel.layout_name = config.get("layout", "plain")

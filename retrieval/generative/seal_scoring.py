@@ -28,7 +28,7 @@ from __future__ import annotations
 import heapq
 import math
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from itertools import product
 from typing import Callable, Sequence
 
@@ -147,33 +147,40 @@ def first_stage(weights: dict[Key, float], index: FMIndex, *, max_hits: int = 15
     return scores
 
 
-def _trie(weights: dict[Key, float]) -> dict:
-    root: dict = {}
-    for key, weight in weights.items():
-        if weight > 0.0:
-            node = root
-            for token in key:
-                node = node.setdefault(token, {})
-            node[None] = weight
-    return root
+def locate_in_documents(docs: Sequence[Sequence[int]], weights: dict[Key, float]) -> list[dict[Key, tuple[float, list[tuple[int, int]]]]]:
+    """Per document, {key: (weight, [(start, end) of each occurrence])} for the keys of positive weight:
+    every key found with array operations over all documents at once (one sort of their tokens), which the
+    full scoring of `fully_score` documents needs for every key, rare or frequent."""
+    found: list[dict] = [{} for _ in docs]
+    keys = [(key, w) for key, w in weights.items() if w > 0.0]
+    if not keys or not docs:
+        return found
+    longest = max(len(k) for k, _ in keys)
+    sentinel = np.iinfo(np.int64).min  # between documents and after the last: no key spans two
+    lengths = np.array([len(d) for d in docs])
+    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    flat = np.full(int(lengths.sum() + len(docs) + longest), sentinel, dtype=np.int64)
+    for doc_start, tokens in zip(starts, docs):
+        flat[doc_start : doc_start + len(tokens)] = tokens
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    for key, weight in keys:
+        lo, hi = np.searchsorted(ordered, key[0], side="left"), np.searchsorted(ordered, key[0], side="right")
+        at = order[lo:hi]
+        for j in range(1, len(key)):
+            at = at[flat[at + j] == key[j]]
+        if not len(at):
+            continue
+        doc_of = np.searchsorted(starts, at, side="right") - 1
+        for doc, position in zip(doc_of.tolist(), (at - starts[doc_of]).tolist()):
+            found[doc].setdefault(key, (weight, []))[1].append((position, position + len(key)))
+    return found
 
 
-def full_score(doc_tokens: Sequence[int], trie: dict, unigrams: dict[int, float], *, beta: float = 0.8,
-               single_key: float = 0.0) -> float:
-    """The reference's full re-scoring of one document (tokens prefixed with FMIndex.BOUNDARY)."""
-    matches: dict[Key, tuple[float, list[tuple[int, int]]]] = {}
-    open_nodes: list[tuple[dict, int]] = []
-    for i, token in enumerate(doc_tokens):
-        advanced = []
-        for node, start in open_nodes + [(trie, i)]:
-            child = node.get(token)
-            if child is None:
-                continue
-            advanced.append((child, start))
-            if None in child:
-                key = tuple(doc_tokens[start : i + 1])
-                matches.setdefault(key, (child[None], []))[1].append((start, i + 1))
-        open_nodes = advanced
+def full_score(doc_tokens: Sequence[int], matches: dict[Key, tuple[float, list[tuple[int, int]]]], unigrams: dict[int, float],
+               *, beta: float = 0.8, single_key: float = 0.0) -> float:
+    """The reference's full re-scoring of one document (tokens prefixed with FMIndex.BOUNDARY), given where
+    each key occurs in it (`locate_in_documents`)."""
     heap = [(-w, key, start, end) for key, (w, spans) in matches.items() for start, end in spans]
     heapq.heapify(heap)
     best_single = max((w for w, _ in matches.values()), default=0.0)
@@ -192,10 +199,11 @@ def full_score(doc_tokens: Sequence[int], trie: dict, unigrams: dict[int, float]
             taken.append(score)
         free[start:end] = [False] * (end - start)
     unigram_total = 0.0
-    for token in Counter(t for t, f in zip(doc_tokens, free) if f):
-        weight = unigrams.get(token, 0.0)
-        if weight > 0.0:
-            unigram_total += coverage_discount((token,), weight, covered, beta)
+    if unigrams:
+        for token in dict.fromkeys(t for t, f in zip(doc_tokens, free) if f):
+            weight = unigrams.get(token, 0.0)
+            if weight > 0.0:
+                unigram_total += coverage_discount((token,), weight, covered, beta)
     multi = sum(taken) + unigram_total
     return (1.0 - single_key) * multi + single_key * best_single
 
@@ -220,9 +228,7 @@ def rank_documents(keys: dict[Key, float], index: FMIndex, *, unigram_logprobs: 
                 weights.setdefault((token,), unigrams[token])
     stage = first_stage(weights, index, max_hits=max_hits, beta=beta)
     order = sorted(stage, key=lambda d: (1.0 - single_key) * -stage[d][0] + single_key * -stage[d][1])
-    trie = _trie(weights)
-    results = {}
-    for doc in order[:fully_score]:
-        tokens = [FMIndex.BOUNDARY] + index.doc_tokens(doc).tolist()
-        results[doc] = full_score(tokens, trie, unigrams, beta=beta, single_key=single_key)
-    return results
+    chosen = order[:fully_score]
+    docs = [[FMIndex.BOUNDARY] + index.doc_tokens(doc).tolist() for doc in chosen]
+    return {doc: full_score(tokens, matches, unigrams, beta=beta, single_key=single_key)
+            for doc, tokens, matches in zip(chosen, docs, locate_in_documents(docs, weights))}
