@@ -209,6 +209,26 @@ def test_whole_word_keys_drop_a_prefix_shared_by_other_words(tmp_path):
     assert set(seal.rank("who likes quokkas", keys, 10)) == {"a", "b"}
 
 
+def test_content_keys_drop_keys_made_of_stopwords(tmp_path):
+    """" the" and " of the" are stopwords only: with content_keys they give no document anything, so only the
+    document holding " Quokkas" scores; without it the documents holding " the" score too."""
+    from retrieval import build_retriever
+    from retrieval.data import Corpus, Doc as Document
+
+    corpus = Corpus([Document("a", "", "Geneva likes Quokkas"), Document("b", "", "Pate likes the end of the road"),
+                     Document("c", "", "Flor likes the Quiches")])
+    seal = build_retriever("seal", model=tiny_model_folder("llama", tmp_path / "m"), unigram_scores=False)
+    seal.index(corpus)
+    km = seal.keymodel
+    the, of_the, quokkas = (tuple(km.tokens(w)) for w in ("the", "of the", "Quokkas"))
+    assert not seal.has_content(the) and not seal.has_content(of_the) and seal.has_content(quokkas)
+    assert not seal.has_content(tuple(km.tokens(", ")))
+    keys = {the: -0.1, of_the: -0.2, quokkas: -0.5}
+    assert set(seal.rank("who likes quokkas", keys, 10)) == {"a", "b", "c"}
+    seal.set_search_options(content_keys=True)
+    assert set(seal.rank("who likes quokkas", keys, 10)) == {"a"}
+
+
 def test_bf16_search_runs_and_bad_dtypes_and_second_adapters_are_refused(tmp_path):
     """dtype="bfloat16" casts the key model for search (keys and scores still come out as float32 numbers);
     an unknown dtype and a second set of LoRA adapters are refused by name."""

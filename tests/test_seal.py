@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_python, tiny_keymodel
+from conftest import REPO, run_python, tiny_keymodel
 from indexes.fmindex import FMIndex
 from retrieval import build_retriever, load_corpus, load_dataset, load_retriever
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder
@@ -20,8 +20,8 @@ from retrieval.generative.seal_scoring import (
     ngram_weight,
     query_ngrams,
     rank_documents,
+    locate_in_documents,
     weigh_keys,
-    _trie,
 )
 
 B = FMIndex.BOUNDARY
@@ -63,14 +63,30 @@ def test_first_stage_counts_each_key_once_per_document_where_it_covers_new_posit
 
 def test_full_score_greedy_non_overlapping_with_discount_and_unigrams():
     doc = [B, 7, 1, 2, 3, 1, 2, 9]
-    trie = _trie({(1, 2, 3): 4.0, (1, 2): 3.0, (9,): 1.0})
+    weights = {(1, 2, 3): 4.0, (1, 2): 3.0, (9,): 1.0}
+    [matches] = locate_in_documents([doc], weights)
     unigrams = {7: 0.5, 1: 2.0}
     # (1,2,3) takes 4.0; (1,2) at 2 overlaps; (1,2) at 5 adds 3 * 0.2 = 0.6 once; (9,) adds 1.0;
     # the free tokens B and 7 add 7's unigram 0.5 (1 is never free)
-    assert full_score(doc, trie, unigrams, beta=0.8) == pytest.approx(4.0 + 0.6 + 1.0 + 0.5)
-    assert full_score(doc, trie, unigrams, beta=0.8, single_key=1.0) == pytest.approx(4.0)
+    assert full_score(doc, matches, unigrams, beta=0.8) == pytest.approx(4.0 + 0.6 + 1.0 + 0.5)
+    assert full_score(doc, matches, unigrams, beta=0.8, single_key=1.0) == pytest.approx(4.0)
     # a repeated key adds nothing the second time
-    assert full_score([B, 1, 2, 8, 1, 2], _trie({(1, 2): 3.0}), {}) == pytest.approx(3.0)
+    doc = [B, 1, 2, 8, 1, 2]
+    assert full_score(doc, locate_in_documents([doc], {(1, 2): 3.0})[0], {}) == pytest.approx(3.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(-1, 4), max_size=12), min_size=1, max_size=5),
+       st.dictionaries(st.lists(st.integers(-1, 4), min_size=1, max_size=3).map(tuple), st.sampled_from([0.0, 1.0, 2.5]), max_size=8))
+def test_keys_are_located_where_a_brute_force_scan_finds_them_and_never_across_documents(docs, weights):
+    found = locate_in_documents(docs, weights)
+    for doc, matches in zip(docs, found):
+        expected = {}
+        for key, w in weights.items():
+            spans = [(i, i + len(key)) for i in range(len(doc) - len(key) + 1) if tuple(doc[i : i + len(key)]) == key]
+            if w > 0.0 and spans:
+                expected[key] = (w, spans)
+        assert {k: (w, sorted(spans)) for k, (w, spans) in matches.items()} == expected
 
 
 def test_titles_match_only_at_the_document_start():
@@ -387,13 +403,44 @@ def test_records_are_rewritten_from_results_with_defaults_for_new_keys(tmp_path)
     assert bm25["num_queries"] == 2 and bm25["split"] == "ugr-page" and bm25["latency_ms"] is None
 
 
+def test_search_options_are_chosen_on_held_out_queries_never_test_ones(tiny_seal, tiny_beir_session):
+    """dev_split "rest": a seeded sample of the test split's other queries; each dev choice is searched with
+    one generation of keys, the best by main_metric stays in the retriever; a choice that would change the
+    keys themselves (beam) is refused before any training."""
+    from eval.metrics import evaluate_run
+    from training.seal import DEFAULTS, check_dev_choices, choose_on_dev, dev_dataset
+
+    config = {**DEFAULTS, "data": str(tiny_beir_session), "dev_split": "rest", "dev_sample": 2, "ks": [10], "depth": 10,
+              "dev_choices": [{}, {"unigram_scores": False}, {"single_key": 1.0, "unigram_scores": False}]}
+    test_queries = {"q1": "what causes scurvy"}
+    dev = dev_dataset(config, test_queries)
+    assert len(dev.queries) == 2 and "q1" not in dev.queries and set(dev.qrels) == set(dev.queries)
+    saved = dict(tiny_seal.config)
+    try:
+        record = choose_on_dev(tiny_seal, dev, config)
+        scores = [row["metrics"]["ndcg@10"] for row in record["choices"]]
+        assert record["chosen"] == config["dev_choices"][scores.index(max(scores))]
+        for option in ("unigram_scores", "single_key"):
+            assert tiny_seal.config[option] == record["chosen"].get(option, saved[option])
+        keys = tiny_seal.generate_keys(list(dev.queries.values()))  # the chosen options reproduce the chosen row
+        run = {q: tiny_seal.rank(dev.queries[q], k, 10) for q, k in zip(dev.queries, keys)}
+        assert evaluate_run(dev.qrels, run, ks=[10])["ndcg@10"] == max(scores)
+    finally:
+        tiny_seal.set_search_options(**{k: saved[k] for k in ("unigram_scores", "single_key")})
+    with pytest.raises(ValueError, match="dev_choices: {'beam': 5} must be a mapping of scoring options"):
+        check_dev_choices({**config, "dev_choices": [{"beam": 5}]})
+    with pytest.raises(ValueError, match="need dev_split"):
+        check_dev_choices({**config, "dev_split": None})
+
+
 # ---------------------------------------------------------------- the recipe, end to end (real model)
 
 
 @pytest.mark.slow
 def test_recipe_trains_saves_reloads_and_writes_records(tmp_path):
-    """`dengen train seal` on LIMIT-small for a few steps: results.json with SEAL, ablations and BM25; the
-    saved index reloaded in a new process returns the same run; leaderboard records for `dengen report`."""
+    """`dengen train seal` on LIMIT-small for a few steps: search options chosen on 8 held-out queries; results.json
+    with SEAL, ablations and BM25; the saved index reloaded in a new process returns the same run; leaderboard
+    records for `dengen report`."""
     import json
     import subprocess
     import sys
@@ -407,6 +454,7 @@ def test_recipe_trains_saves_reloads_and_writes_records(tmp_path):
         "data": str(SHARED_DATA / "limit-small"), "train_split": None, "backbone": "bert2bert", "layout": "plain",
         "span_samples": 2, "max_steps": 3,
         "query_sample": 16, "verify_queries": 16, "baselines": ["bm25"], "search": {"beam": 4, "fully_score": 50},
+        "dev_split": "rest", "dev_sample": 8, "dev_choices": [{}, {"content_keys": True}],
         "ks": [2, 10], "main_metric": "recall@2", "out": str(tmp_path / "out"), "report": str(tmp_path / "report"),
     }))
     for flag in ([], ["--verify"], ["--records"]):
@@ -414,8 +462,22 @@ def test_recipe_trains_saves_reloads_and_writes_records(tmp_path):
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["name"] for r in report["rows"]] == ["seal", "seal-no_constraints", "seal-single_key", "seal-lm_weights", "bm25"]
     assert json.loads((tmp_path / "out" / "verify.json").read_text())["identical"] is True
+    assert report["dev"]["queries"] == 8 and report["dev"]["chosen"] in [{}, {"content_keys": True}]
     records = sorted(p.name for p in (tmp_path / "report").glob("*.json"))
     assert "limit-small-test-seal-bert2bert.json" in records and "limit-small-test-bm25.json" in records
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "training" / "configs").glob("seal-*.yaml")))
+def test_shipped_configs_read(name):
+    """Every shipped SEAL recipe reads (unknown keys or bad types fail), names only SEAL search options and
+    chooses on dev only among scoring options."""
+    from retrieval.generative.seal import SEARCH_DEFAULTS
+    from training.recipe import read_recipe
+    from training.seal import DEFAULTS, check_dev_choices
+
+    config = read_recipe(REPO / "training" / "configs" / f"{name}.yaml", DEFAULTS)
+    check_dev_choices(config)
+    assert set(config["search"]) <= set(SEARCH_DEFAULTS) and config["out"] == f"results/{name}"
 
 
 # ---------------------------------------------------------------- refusals and the shared schedule

@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from conftest import assert_same_run, run_python, shared, tiny_keymodel
+from conftest import REPO, assert_same_run, run_python, shared, tiny_keymodel
 from retrieval import build_retriever, load_corpus, load_dataset
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder
 from retrieval.generative.prompts import DISCRETE_TEXT, TaskPrompt, TaskSource, encoder_embeddings
@@ -425,3 +425,14 @@ def test_recipe_trains_multitask_and_per_task_models_and_reloads(tmp_path):
         assert json.loads((tmp_path / "out" / f"verify-multitask-soft-{g}.json").read_text())["identical"] is True
         assert len(list((tmp_path / "report").glob(f"squad-v1.1-dev-ugr-{g}-*.json"))) == 3
     assert "| ugr-multitask-soft |" in (tmp_path / "out" / "designs.md").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "training" / "configs").glob("ugr*.yaml")))
+def test_shipped_configs_read(name):
+    """Every shipped UGR recipe reads (unknown keys or bad types fail) and names only SEAL search options."""
+    from retrieval.generative.seal import SEARCH_DEFAULTS
+    from training.recipe import read_recipe
+    from training.ugr import DEFAULTS
+
+    config = read_recipe(REPO / "training" / "configs" / f"{name}.yaml", DEFAULTS)
+    assert set(config["search"]) <= set(SEARCH_DEFAULTS) and config["out"] == f"results/{name}"

@@ -23,6 +23,7 @@ import random
 import time
 from pathlib import Path
 
+from retrieval.generative.seal import stopwords
 from training.generative_eval import (config_signature, recipe_args, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
                                        sample_queries, save_run, timed_search, verify_reload, write_records)
 from training.keymodel_train import start_keymodel, train_or_reuse
@@ -55,6 +56,13 @@ DEFAULTS = {
     "ablations": ["no_constraints", "single_key", "lm_weights"],
     "baselines": ["bm25", "dense:model=minilm,index=Flat"],
     "query_sample": None,  # evaluate on a seeded sample of this many test queries (null: all)
+    # search options chosen on held-out queries, never on the test queries: a seeded `dev_sample` of
+    # `dev_split`'s queries ("rest": the test split's queries outside query_sample), kept out of training,
+    # are searched with each of `dev_choices` (scoring options over the `search` ones; {}: those alone)
+    # and the best by main_metric is saved with the index (ties: the first listed)
+    "dev_split": None,
+    "dev_sample": 50,
+    "dev_choices": [],
     "verify_queries": 64,  # --verify re-searches the first this-many evaluated queries in a new process
     # (a multiple of the search batch size: batches pad queries together, so other batches round differently)
     "depth": 100,
@@ -69,18 +77,15 @@ ABLATIONS = {  # name -> search options that differ from the full model
     "lm_weights": {"use_index_frequency": False},
     "subword_keys": {"whole_words": False},  # for recipes that search with whole_words (the reference's keys)
     "no_unigrams": {"unigram_scores": False},
+    "stopword_keys": {"content_keys": False},  # for recipes that search with content_keys
 }
 ABLATION_OPTIONS = sorted({k for options in ABLATIONS.values() for k in options})
+# options that change only how keys score, so one generation of keys serves every choice
+SCORING_OPTIONS = {"unigram_scores", "single_key", "use_index_frequency", "whole_words", "content_keys", "alpha", "beta",
+                   "smoothing", "max_hits", "fully_score"}
 
 
 # ---------------------------------------------------------------------------------------- data
-
-
-def stopwords() -> frozenset[str]:
-    """English stopwords (scikit-learn's list stands in for NLTK's, which needs a download)."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    return frozenset(ENGLISH_STOP_WORDS)
 
 
 def overlap_weights(query: str, passage_words: list[str], banned: frozenset[str]) -> dict[int, float]:
@@ -178,6 +183,49 @@ def unsupervised_examples(corpus, config: dict, rng: random.Random) -> list[tupl
 # ---------------------------------------------------------------------------------------- evaluation
 
 
+def dev_dataset(config: dict, test_queries: dict[str, str]):
+    """The held-out queries search options are chosen on (None without `dev_split`): never a test query."""
+    if not config["dev_split"]:
+        return None
+    from retrieval import load_dataset
+
+    split = config["test_split"] if config["dev_split"] == "rest" else config["dev_split"]
+    full = load_dataset(config["data"], split)
+    pool = {q: t for q, t in full.queries.items()
+            if full.qrels.get(q) and not (split == config["test_split"] and q in test_queries)}
+    chosen = sample_queries(pool, config["dev_sample"], config["seed"] + 1)
+    return dataclasses.replace(full, queries=chosen, qrels={q: full.qrels[q] for q in chosen})
+
+
+def check_dev_choices(config: dict) -> None:
+    """Refuse, before any training, a dev choice that is not a scoring option."""
+    for choice in config["dev_choices"]:
+        if not isinstance(choice, dict) or not set(choice) <= SCORING_OPTIONS:
+            raise ValueError(f"dev_choices: {choice!r} must be a mapping of scoring options ({', '.join(sorted(SCORING_OPTIONS))})")
+    if config["dev_choices"] and not config["dev_split"]:
+        raise ValueError("dev_choices need dev_split (held-out queries to choose on)")
+
+
+def choose_on_dev(retriever, dev, config: dict) -> dict:
+    """Search `dev` with each of `dev_choices`, keep the best by main_metric in the retriever; the record."""
+    from eval.metrics import evaluate_run
+
+    metric = config["main_metric"]
+    base = {k: retriever.config[k] for k in SCORING_OPTIONS}
+    keys = dict(zip(dev.queries, retriever.generate_keys(list(dev.queries.values()))))
+    rows = []
+    for choice in config["dev_choices"]:
+        retriever.set_search_options(**{**base, **choice})
+        run = {qid: retriever.rank(dev.queries[qid], query_keys, config["depth"]) for qid, query_keys in keys.items()}
+        rows.append({"options": choice, "metrics": evaluate_run(dev.qrels, run, ks=config["ks"])})
+    best = max(rows, key=lambda row: row["metrics"][metric])  # max keeps the first of equals
+    retriever.set_search_options(**{**base, **best["options"]})
+    for row in rows:
+        print(f"dev ({len(dev.queries)} queries) {metric} {row['metrics'][metric]:.4f}  {row['options'] or 'search options'}")
+    return {"split": config["dev_split"], "queries": len(dev.queries), "choices": rows, "chosen": best["options"]}
+
+
+
 def evaluate_seal(index_folder: Path, test, config: dict, queries: dict[str, str]) -> list[dict]:
     """The saved SEAL index (loaded, as a user would), then each ablation; generation is shared by the
     ablations that only change the scoring."""
@@ -215,7 +263,7 @@ def evaluate_seal(index_folder: Path, test, config: dict, queries: dict[str, str
 
 
 def training_signature(config: dict) -> str:
-    keys = ["data", "train_split", "test_split", "query_sample", "backbone", "layout", "lora", "span_words", "supervised_spans", "temperature", "full_doc",
+    keys = ["data", "train_split", "test_split", "query_sample", "dev_split", "dev_sample", "backbone", "layout", "lora", "span_words", "supervised_spans", "temperature", "full_doc",
             "title_samples", "span_samples", "input_words", "epochs", "max_steps", "batch_size", "lr", "warmup",
             "max_target_tokens", "seed"]
     return config_signature(config, keys)
@@ -237,6 +285,9 @@ def main(argv: list[str] | None = None) -> dict:
     test = dataclasses.replace(test, queries=queries, qrels={q: test.qrels[q] for q in queries if q in test.qrels})
     if args.verify:
         return verify_reload(out, out / "index", out / "runs" / "seal.json", queries, config)
+    check_dev_choices(config)
+    dev = dev_dataset(config, queries)
+    held_out = set(dev.queries) if dev is not None else set()
 
     model_folder = out / "model"
     counts: dict = {}
@@ -246,11 +297,14 @@ def main(argv: list[str] | None = None) -> dict:
         pairs = []
         if config["train_split"] == "rest":  # e.g. LIMIT: the queries that are not evaluated train
             full = load_dataset(config["data"], config["test_split"])
-            rest = {q: t for q, t in full.queries.items() if q not in queries}
+            rest = {q: t for q, t in full.queries.items() if q not in queries and q not in held_out}
             pairs += supervised_examples(dataclasses.replace(full, queries=rest, qrels={q: full.qrels[q] for q in rest if q in full.qrels}),
                                          config, rng)
         elif config["train_split"]:
-            pairs += supervised_examples(load_dataset(config["data"], config["train_split"]), config, rng)
+            train = load_dataset(config["data"], config["train_split"])
+            if config["dev_split"] == config["train_split"]:
+                train = dataclasses.replace(train, qrels={q: r for q, r in train.qrels.items() if q not in held_out})
+            pairs += supervised_examples(train, config, rng)
         counts["supervised_examples"] = len(pairs)
         pairs += unsupervised_examples(test.corpus, config, rng)
         counts["unsupervised_examples"] = len(pairs) - counts["supervised_examples"]
@@ -261,12 +315,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     seal = build_retriever("seal", model=str(model_folder), **config["search"])
     seal.index(test.corpus)
+    dev_record = choose_on_dev(seal, dev, config) if config["dev_choices"] else None
     index_folder = out / "index"
     seal.save(index_folder, overwrite=True)  # the recipe's own output
     rows = evaluate_seal(index_folder, test, config, queries)
     rows[0]["build_seconds"] = round(seal.build_seconds, 1)
     rows += evaluate_baselines(test, config, queries, out / "baselines")
-    report = {"config": config, "training": info, "queries": len(queries), "rows": rows,
+    report = {"config": config, "training": info, "dev": dev_record, "queries": len(queries), "rows": rows,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "run_sha256": run_digest(load_run(out / "runs" / "seal.json"))}
     write_results(out, report)

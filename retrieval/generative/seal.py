@@ -16,6 +16,8 @@ Documents are stored as `title tokens, eos, body tokens` (only body tokens when 
 """
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -44,6 +46,7 @@ SEARCH_DEFAULTS = {
     "single_key": 0.0,  # 1.0: score by the best key only, no intersective aggregation (ablation)
     "use_index_frequency": True,  # False: weights from the model alone, "LM" scoring (ablation)
     "whole_words": False,  # True: only keys that end a word somewhere in the corpus count (not in the reference)
+    "content_keys": False,  # True: keys and unigrams made only of stopwords and punctuation count nothing (not in the reference)
     "alpha": 2.0,
     "beta": 0.8,
     "smoothing": 5.0,
@@ -52,6 +55,14 @@ SEARCH_DEFAULTS = {
     "batch_size": 8,
     "dtype": "float32",  # "bfloat16": the key model's forward passes in bf16 (faster on CPUs with bf16 units)
 }
+
+
+@functools.cache
+def stopwords() -> frozenset[str]:
+    """English stopwords (scikit-learn's list stands in for NLTK's, which needs a download)."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
 
 
 class SEALRetriever(GenerativeRetriever):
@@ -84,6 +95,7 @@ class SEALRetriever(GenerativeRetriever):
         self.doc_ids: list[str] = []
         self.uses_titles = False
         self._first: dict = {}  # first-step log-probabilities of the sources generate_keys read last
+        self._content: dict = {}  # key -> has_content(key), cached across queries
 
     # ------------------------------------------------------------------ indexing
     def doc_stream(self, title: str, text: str) -> list[int]:
@@ -147,8 +159,26 @@ class SEALRetriever(GenerativeRetriever):
         return rank_documents(
             keys, index, unigram_logprobs=first_logprobs, alpha=c["alpha"], beta=c["beta"], smoothing=c["smoothing"],
             max_hits=c["max_hits"], fully_score=c["fully_score"], single_key=c["single_key"],
-            use_index_frequency=c["use_index_frequency"], keep=self.ends_word if c["whole_words"] else None,
+            use_index_frequency=c["use_index_frequency"], keep=self.key_filter(),
         )
+
+    def key_filter(self):
+        """The test a key must pass to count (None: every key counts, as in the reference)."""
+        tests = [t for t, on in ((self.ends_word, self.config["whole_words"]), (self.has_content, self.config["content_keys"])) if on]
+        if not tests:
+            return None
+        return lambda key: all(test(key) for test in tests)
+
+    def has_content(self, key: tuple[int, ...]) -> bool:
+        """Whether `key` spells a word that is not an English stopword (" the", " of a", "," spell none): an
+        untrained model puts weight on such keys, and in a small corpus their log-odds rival a content word's."""
+        known = self._content.get(key)
+        if known is None:
+            words = re.findall(r"\w+", self.keymodel.tokenizer.decode([t for t in key if t >= 0]).lower())
+            known = self._content[key] = any(w not in stopwords() for w in words)
+            if len(self._content) > 1_000_000:  # keys of many queries: start again rather than grow
+                self._content.clear()
+        return known
 
     def ends_word(self, key: tuple[int, ...]) -> bool:
         """Whether `key` ends a word somewhere in the corpus: an occurrence is followed by a token that starts
