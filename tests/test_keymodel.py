@@ -167,7 +167,13 @@ def test_lora_trains_adapters_only_and_saves_them_beside_the_base_reference(fami
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     again = KeyModel.load(tmp_path / "lora")
     assert again.lora == km.lora
+    lora_layers = [m for m in again.model.modules() if hasattr(m, "lora_A")]
+    assert lora_layers and all(m.merged for m in lora_layers)  # folded into the base weights for search
     assert again.score_keys(examples[0][0], target) == pytest.approx(km.score_keys(examples[0][0], target), abs=1e-5)
+    again.save(tmp_path / "again")  # a loaded (merged) model still saves its adapters alone, unchanged
+    assert {p.name for p in (tmp_path / "again").iterdir()} == files
+    third = KeyModel.load(tmp_path / "again")
+    assert third.score_keys(examples[0][0], target) == pytest.approx(km.score_keys(examples[0][0], target), abs=1e-5)
 
 
 def test_a_changed_base_model_is_refused(tmp_path):
