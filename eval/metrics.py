@@ -7,18 +7,19 @@ from __future__ import annotations
 
 from retrieval.run import Run
 
-# our name -> trec_eval measure family; MRR@k is recip_rank on the run cut at k
-MEASURES = {"ndcg": "ndcg_cut", "recall": "recall", "map": "map_cut", "mrr": "recip_rank"}
+# our name -> trec_eval measure family; MRR@k is recip_rank on the run cut at k; p@k is trec_eval's P_k
+# (relevant among the first k, divided by k even when fewer are returned: P_30 is p@30 with --k 30)
+MEASURES = {"ndcg": "ndcg_cut", "recall": "recall", "map": "map_cut", "mrr": "recip_rank", "p": "P"}
 
 
 def per_query(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], ks=(10, 100)) -> dict[str, dict[str, float]]:
-    """{metric@k: {query_id: value}} for nDCG, Recall, MAP and MRR at each k."""
+    """{metric@k: {query_id: value}} for nDCG, Recall, MAP, MRR and precision (p@k) at each k."""
     import pytrec_eval
 
     ks = sorted({int(k) for k in ks})
     run = Run(run)
     cut = ",".join(map(str, ks))
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{cut}", f"recall.{cut}", f"map_cut.{cut}"})
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{cut}", f"recall.{cut}", f"map_cut.{cut}", f"P.{cut}"})
     scores = evaluator.evaluate(run)
     rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"})
     out: dict[str, dict[str, float]] = {}

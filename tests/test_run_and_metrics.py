@@ -44,6 +44,8 @@ def test_metrics_on_a_hand_worked_case():
     assert m["mrr@1"] == 0.0  # d1 sits at rank 2, outside the cut
     assert m["recall@1"] == 0.0 and m["recall@10"] == pytest.approx(1.0 / 2)
     assert m["map@10"] == pytest.approx((1 / 2 + 2 / 3) / 2 / 2)
+    # precision: relevant among the first k over k (trec_eval's P_k), the empty run counting 0
+    assert m["p@1"] == 0.0 and m["p@10"] == pytest.approx(2 / 10 / 2)
     assert per_query(qrels, run, ks=(10,))["ndcg@10"]["q2"] == 0.0
 
 
