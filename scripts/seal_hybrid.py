@@ -13,6 +13,7 @@ with SEAL alone too.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ def main() -> None:
     bm25, dense = (load_retriever(args.folder / "baselines" / name) for name in ("bm25", "dense"))
     seal = load_retriever(args.folder / "index")
     started = time.perf_counter()
-    depth = HybridRetriever(members=[bm25, dense]).config["depth"]  # what a saved hybrid asks of each member
+    depth = inspect.signature(HybridRetriever).parameters["depth"].default  # what a hybrid asks of each member
     runs = {"bm25": bm25.search(queries, k=depth), "dense": dense.search(queries, k=depth), "seal": seal.search(queries, k=depth)}
     rows = [{"name": "seal", "metrics": evaluate_run(qrels, runs["seal"], ks=(10, 100))}]
     for names in (("bm25", "dense"), ("bm25", "dense", "seal")):  # the hybrid retriever's fusion, on runs searched once

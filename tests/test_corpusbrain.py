@@ -133,8 +133,7 @@ def test_recipe_pretrains_finetunes_evaluates_and_reloads(tmp_path):
     assert (tmp_path / "out" / "kilt" / "gold.jsonl").is_file() and (tmp_path / "out" / "kilt" / "corpusbrain.jsonl").is_file()
 
 
-@pytest.mark.parametrize("name", ["corpusbrain-squad", "corpusbrain-limit-small", "corpusbrain-squad-zeroshot", "corpusbrain-squad-lora",
-                                  "corpusbrain-limit-small-lora"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "training" / "configs").glob("corpusbrain-*.yaml")))
 def test_shipped_configs_read(name):
     from training.corpusbrain import DEFAULTS
     from training.recipe import read_recipe

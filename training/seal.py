@@ -183,6 +183,11 @@ def unsupervised_examples(corpus, config: dict, rng: random.Random) -> list[tupl
 # ---------------------------------------------------------------------------------------- evaluation
 
 
+def rank_keys(retriever, queries: dict[str, str], keys: dict, depth: int) -> dict:
+    """The run of `queries` from keys generated once ({qid: keys}), scored with the retriever's current options."""
+    return {qid: retriever.rank(queries[qid], query_keys, depth) for qid, query_keys in keys.items()}
+
+
 def dev_dataset(config: dict, test_queries: dict[str, str]):
     """The held-out queries search options are chosen on (None without `dev_split`): never a test query."""
     if not config["dev_split"]:
@@ -216,7 +221,7 @@ def choose_on_dev(retriever, dev, config: dict) -> dict:
     rows = []
     for choice in config["dev_choices"]:
         retriever.set_search_options(**{**base, **choice})
-        run = {qid: retriever.rank(dev.queries[qid], query_keys, config["depth"]) for qid, query_keys in keys.items()}
+        run = rank_keys(retriever, dev.queries, keys, config["depth"])
         rows.append({"options": choice, "metrics": evaluate_run(dev.qrels, run, ks=config["ks"])})
     best = max(rows, key=lambda row: row["metrics"][metric])  # max keeps the first of equals
     retriever.set_search_options(**{**base, **best["options"]})
@@ -252,7 +257,7 @@ def evaluate_seal(index_folder: Path, test, config: dict, queries: dict[str, str
             if keys is None:
                 keys = dict(zip(queries, retriever.generate_keys(list(queries.values()))))
             retriever.set_search_options(**options)
-            ablation_run = {qid: retriever.rank(queries[qid], query_keys, config["depth"]) for qid, query_keys in keys.items()}
+            ablation_run = rank_keys(retriever, queries, keys, config["depth"])
         retriever.set_search_options(**base)
         rows.append({"name": f"seal-{name}", "options": options, "metrics": evaluate_run(test.qrels, ablation_run, ks=config["ks"]),
                      "seconds": round(time.perf_counter() - started, 1)})
