@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, run_python, tiny_keymodel
+from conftest import REPO, run_python, tiny_keymodel, write_beir
 from indexes.fmindex import FMIndex
 from retrieval import build_retriever, load_corpus, load_dataset, load_retriever
 from retrieval.generative.constrained import IndexConstraint, KeyRecorder
@@ -431,6 +431,23 @@ def test_search_options_are_chosen_on_held_out_queries_never_test_ones(tiny_seal
         check_dev_choices({**config, "dev_choices": [{"beam": 5}]})
     with pytest.raises(ValueError, match="need dev_split"):
         check_dev_choices({**config, "dev_split": None})
+
+
+
+def test_a_bad_dev_choice_is_one_line_and_exit_2_before_training(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "seal.yaml"
+    config.write_text(yaml.safe_dump({"data": str(write_beir(tmp_path / "tiny")), "train_split": None, "dev_split": "rest",
+                                      "dev_choices": [{"beam": 5}], "out": str(tmp_path / "out")}))
+    done = subprocess.run([sys.executable, "-m", "retrieval.cli", "train", "seal", "--config", str(config)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"dengen: error: {config}: dev_choices: {{'beam': 5}}")
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- the recipe, end to end (real model)

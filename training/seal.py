@@ -23,6 +23,7 @@ import random
 import time
 from pathlib import Path
 
+from retrieval.errors import SpecError
 from retrieval.generative.seal import stopwords
 from training.generative_eval import (config_signature, recipe_args, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
                                        sample_queries, save_run, timed_search, verify_reload, write_records)
@@ -202,13 +203,13 @@ def dev_dataset(config: dict, test_queries: dict[str, str]):
     return dataclasses.replace(full, queries=chosen, qrels={q: full.qrels[q] for q in chosen})
 
 
-def check_dev_choices(config: dict) -> None:
-    """Refuse, before any training, a dev choice that is not a scoring option."""
+def check_dev_choices(config: dict, where: str = "recipe") -> None:
+    """Refuse, before any training, a dev choice that is not a scoring option (`where`: the config file)."""
     for choice in config["dev_choices"]:
         if not isinstance(choice, dict) or not set(choice) <= SCORING_OPTIONS:
-            raise ValueError(f"dev_choices: {choice!r} must be a mapping of scoring options ({', '.join(sorted(SCORING_OPTIONS))})")
+            raise SpecError(f"{where}: dev_choices: {choice!r} must be a mapping of scoring options ({', '.join(sorted(SCORING_OPTIONS))})")
     if config["dev_choices"] and not config["dev_split"]:
-        raise ValueError("dev_choices need dev_split (held-out queries to choose on)")
+        raise SpecError(f"{where}: dev_choices need dev_split (held-out queries to choose on)")
 
 
 def choose_on_dev(retriever, dev, config: dict) -> dict:
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     test = dataclasses.replace(test, queries=queries, qrels={q: test.qrels[q] for q in queries if q in test.qrels})
     if args.verify:
         return verify_reload(out, out / "index", out / "runs" / "seal.json", queries, config)
-    check_dev_choices(config)
+    check_dev_choices(config, str(args.config))
     dev = dev_dataset(config, queries)
     held_out = set(dev.queries) if dev is not None else set()
 
