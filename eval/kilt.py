@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from eval.record import Result
 from indexes.manifest import atomic_path
 from retrieval.data import Corpus, Doc, jsonl_records
 from retrieval.errors import DataError
@@ -161,7 +162,7 @@ def load_knowledge_source(path: str | Path) -> Corpus:
     return Corpus(docs, source=str(path))
 
 
-def evaluate_kilt(retriever, gold_path: str | Path, corpus: Corpus, ks: Iterable[int] = (1, 5, 10, 20)) -> tuple[dict, list[dict]]:
+def evaluate_kilt(retriever, gold_path: str | Path, corpus: Corpus, ks: Iterable[int] = (1, 5, 10, 20)) -> tuple[Result, list[dict]]:
     """Search every input of a KILT gold file and score the pages found. Returns (record, guess records).
 
     Args:
@@ -185,12 +186,12 @@ def evaluate_kilt(retriever, gold_path: str | Path, corpus: Corpus, ks: Iterable
     guess = run_to_kilt(run, inputs, corpus_pages(corpus, page_id=lambda doc: doc.id), k=max(ks))
     dataset, _, split = Path(gold_path).name.split(".")[0].removesuffix("-kilt").rpartition("-")  # hotpotqa-dev-kilt
     description = retriever.describe()
-    record = {
-        "task": "KILT", "dataset": dataset or split, "split": split if dataset else "",
-        "retriever": description, "label": label(description), "metrics": kilt_retrieval_scores(gold, guess, ks),
-        "main_metric": "r-precision", "num_queries": len(gold), "num_docs": len(corpus),
-        "build_seconds": retriever.build_seconds, "search_seconds": seconds, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    record = Result(
+        task="KILT", family="KILT", dataset=dataset or split, split=split if dataset else "",
+        retriever=description, label=label(description), metrics=kilt_retrieval_scores(gold, guess, ks),
+        main_metric="r-precision", num_queries=len(gold), num_docs=len(corpus),
+        build_seconds=retriever.build_seconds, search_seconds=seconds,
+    )
     return record, guess
 
 

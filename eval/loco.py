@@ -16,7 +16,7 @@ are left out together with the queries that need them (QASPER). `load_loco` does
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -284,8 +284,8 @@ def evaluate_long(
         task: the task name recorded (default: the dataset's name).
         ks, latency_sample: as in `eval.runner.evaluate`.
 
-    The record adds "task", "main_metric" (nDCG@10), "main_score" and "long_doc" (mode, limits, how much
-    was cut, or window/stride/unit and the chunk count).
+    The result's main metric is nDCG@10, its variant says how documents were read and details["long_doc"]
+    has the mode and limits and how much was cut, or window/stride/unit and the chunk count.
     """
     from eval.runner import evaluate
 
@@ -308,11 +308,22 @@ def evaluate_long(
     record, run = evaluate(retriever, dataset, ks=ks, latency_sample=latency_sample)
     if mode == "chunk":
         info["chunks"] = retriever.chunk_count
-    record.update(
-        task=task or dataset.name, main_metric=MAIN_METRIC, main_score=record["metrics"].get(MAIN_METRIC),
-        long_doc=info, label=long_doc_label(record["label"], info),
+    record = dataclasses.replace(
+        record, task=task or dataset.name, family="long documents",
+        main_metric=MAIN_METRIC if MAIN_METRIC in record.metrics else record.main_metric,
+        variant=long_doc_variant(info), label=long_doc_label(record.label, info), details={"long_doc": info},
     )
     return record, run
+
+
+def long_doc_variant(info: dict) -> str:
+    """The report's name for how long documents were read: "full", "truncate 256t", "chunk 150x150w"."""
+    if info["mode"] == "chunk":
+        return f"chunk {info['window']}x{info['stride']}{info['unit'][0]}"
+    if info["mode"] == "truncate":
+        limits = [f"{info[k]}{unit}" for k, unit in (("max_words", "w"), ("max_tokens", "t")) if info.get(k)]
+        return "truncate " + ",".join(limits)
+    return info["mode"]
 
 
 # ---------------------------------------------------------------- command line
@@ -353,11 +364,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ks = tuple(int(k) for k in args.k.split(","))
     record, run = evaluate_long(parse_spec(args.retriever), dataset, long_doc=args.long_doc, max_words=args.max_words, ks=ks)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{record['task']}-{record['split']}-{record['label']}"
-    (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    run.to_trec(args.out / f"{stem}.trec", tag=record["label"])
-    print(f"{record['task']} {record['split']} {record['label']}: {MAIN_METRIC} {record['main_score']:.4f} "
+    stem = f"{record.task}-{record.split}-{record.label}"
+    record.write(args.out, stem)
+    run.to_trec(args.out / f"{stem}.trec", tag=record.label)
+    print(f"{record.task} {record.split} {record.label}: {MAIN_METRIC} {record.score:.4f} "
           f"-> {args.out / (stem + '.json')}")
     return 0
 

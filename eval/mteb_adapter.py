@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import Any
 
 import numpy as np
 
 from eval.mteb_tasks import offline_mteb
+from eval.record import Result
 from eval.runner import encoder_label
 from eval.runner import label as retriever_label
 from retrieval.api import Retriever
@@ -217,10 +217,10 @@ def retrieval_metric_names(ks) -> dict[str, str]:
             (("ndcg", "ndcg"), ("recall", "recall"), ("map", "map"), ("mrr", "mrr"))}
 
 
-def mteb_record(retriever: Retriever, dataset: str, split: str, scores: dict, names: dict[str, str]) -> dict:
-    """A result record (as `dengen eval` writes) from mteb's scores: `names` maps dengen metric names to
+def mteb_record(retriever: Retriever, dataset: str, split: str, scores: dict, names: dict[str, str]) -> Result:
+    """A result (as `dengen eval` writes) from mteb's scores: `names` maps dengen metric names to
     mteb's keys; the first is the main metric. The variant "mteb" keeps it beside dengen's own column."""
     description = retriever.describe()
-    return {"task": "MTEB", "dataset": dataset, "split": split, "variant": "mteb", "retriever": description,
-            "label": retriever_label(description), "metrics": {ours: float(scores[theirs]) for ours, theirs in names.items()},
-            "main_metric": next(iter(names)), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return Result(task="MTEB", family="MTEB", dataset=dataset, split=split, variant="mteb", retriever=description,
+                  label=retriever_label(description), metrics={ours: float(scores[theirs]) for ours, theirs in names.items()},
+                  main_metric=next(iter(names)))

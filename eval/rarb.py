@@ -30,7 +30,7 @@ Scorers (see `mcr_scorer`):
 Example:
     >>> from eval.rarb import evaluate_mcr, mcr_scorer
     >>> scorer = mcr_scorer("bm25")        # build once, reuse across sets and instruction settings
-    >>> evaluate_mcr(scorer, "ARC-Challenge", instruction=False)["metrics"]["accuracy"]
+    >>> evaluate_mcr(scorer, "ARC-Challenge", instruction=False).metrics["accuracy"]
 
 Command line (runs every set with and without instruction, writes JSON and prints a Markdown table):
     python -m eval.rarb --scorer dense:model=minilm --scorer bm25 --out results/rarb
@@ -49,6 +49,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from eval.record import Result
 from indexes.manifest import atomic_write
 from retrieval.data import shared_data
 from retrieval.errors import DataError
@@ -97,11 +98,13 @@ def mcr_path(set_name: str | Path, root: str | Path | None = None) -> Path:
 
 
 def _set_label(set_name: str | Path) -> str:
-    """The dataset name records carry: the set name, or a CSV file's name without its suffixes."""
+    """The dataset name records carry: the set name (also for a path to one of its files), else a CSV
+    file's name without its suffixes and RAR-b's "-test" (TempReason-l3-pure-test.csv: TempReason-l3-pure)."""
     name = ALIASES.get(str(set_name), str(set_name))
     if name in MCR_FILES:
         return name
-    return Path(set_name).name.removesuffix(".gz").removesuffix(".csv")
+    file = Path(set_name).name.removesuffix(".gz")
+    return next((n for n, f in MCR_FILES.items() if f == file), file.removesuffix(".csv").removesuffix("-test"))
 
 
 def _parse_row(row: dict, path: Path, line: int) -> MCRItem:
@@ -321,7 +324,7 @@ def evaluate_mcr(
     *,
     template: str | None = None,
     items: Sequence[MCRItem] | None = None,
-) -> dict:
+) -> Result:
     """Accuracy of `scorer` on one RAR-b MCR set, with or without the task instruction.
 
     Args:
@@ -334,9 +337,8 @@ def evaluate_mcr(
         items: already loaded items of this set (skips reading the file).
 
     Returns:
-        A record like eval.runner's: task, dataset, split, retriever (describe dict), label,
-        metrics {"accuracy" (ties at random, the main metric), "accuracy_argmax" (RAR-b's first-max rule)},
-        main_metric, instruction, tie_rule, tied_queries, num_queries, num_candidates, seconds, date.
+        A Result: metrics {"accuracy" (ties at random, the main metric), "accuracy_argmax" (RAR-b's
+        first-max rule)}; details: instruction, query_template, tie_rule, tied_queries, num_candidates.
     """
     scorer = mcr_scorer(scorer)
     items = list(items) if items is not None else load_mcr(set_name, limit)
@@ -352,29 +354,22 @@ def evaluate_mcr(
     credits, tied = zip(*(tie_credit(s, item.candidates, item.label) for s, item in zip(scores, items)))
     argmax_hits = [int(np.argmax(s)) == item.label for s, item in zip(scores, items)]
     description = scorer.describe()
-    return {
-        "task": TASK,
-        "dataset": _set_label(set_name),
-        "split": "test",
-        "retriever": description,
-        "label": _label(description),
-        "metrics": {"accuracy": float(np.mean(credits)), "accuracy_argmax": float(np.mean(argmax_hits))},
-        "main_metric": "accuracy",
-        "instruction": bool(instruction),
-        "query_template": (template or "{instruction} {query}") if instruction else "{query}",
-        "tie_rule": "expected accuracy under random tie-breaking over distinct candidate texts",
-        "tied_queries": int(sum(tied)),
-        "num_queries": len(items),
-        "num_candidates": len(pool),
-        "seconds": seconds,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return Result(
+        task=TASK, family="RAR-b", dataset=_set_label(set_name), split="test", variant="instr" if instruction else "no instr",
+        retriever=description, label=_label(description),
+        metrics={"accuracy": float(np.mean(credits)), "accuracy_argmax": float(np.mean(argmax_hits))},
+        main_metric="accuracy", num_queries=len(items), search_seconds=seconds,
+        details={"instruction": bool(instruction),
+                 "query_template": (template or "{instruction} {query}") if instruction else "{query}",
+                 "tie_rule": "expected accuracy under random tie-breaking over distinct candidate texts",
+                 "tied_queries": int(sum(tied)), "num_candidates": len(pool)},
+    )
 
 
 def evaluate_mcr_sets(
     scorer, sets: Sequence[str] = MCR_SETS, instructions=(False, True), limit: int | None = None, on_record=None,
     root: str | Path | None = None,
-) -> list[dict]:
+) -> list[Result]:
     """Records for every set x instruction setting, sharing one scorer (each set read once from `root`,
     default the shared data); `on_record(record)` is called as each one is done (long runs report as they go)."""
     scorer = mcr_scorer(scorer)
@@ -388,17 +383,17 @@ def evaluate_mcr_sets(
     return records
 
 
-def _print_record(r: dict) -> None:
-    print(f"{r['label']:>14} {r['dataset']:>20} inst={r['instruction']!s:5} acc={r['metrics']['accuracy']:.4f} "
-          f"argmax={r['metrics']['accuracy_argmax']:.4f} tied={r['tied_queries']} ({r['seconds']:.1f} s)", flush=True)
+def _print_record(r: Result) -> None:
+    print(f"{r.label:>14} {r.dataset:>20} inst={r.details['instruction']!s:5} acc={r.metrics['accuracy']:.4f} "
+          f"argmax={r.metrics['accuracy_argmax']:.4f} tied={r.details['tied_queries']} ({r.search_seconds:.1f} s)", flush=True)
 
 
-def format_mcr_table(records: list[dict], metric: str = "accuracy") -> str:
+def format_mcr_table(records: list[Result], metric: str = "accuracy") -> str:
     """Markdown: one row per set (plus the unweighted mean), one column per scorer x instruction setting."""
-    columns = list(dict.fromkeys((r["label"], r["instruction"]) for r in records))
-    sets = list(dict.fromkeys(r["dataset"] for r in records))
-    value = {(r["dataset"], r["label"], r["instruction"]): r["metrics"][metric] for r in records}
-    size = {r["dataset"]: r["num_queries"] for r in records}
+    columns = list(dict.fromkeys((r.label, r.details["instruction"]) for r in records))
+    sets = list(dict.fromkeys(r.dataset for r in records))
+    value = {(r.dataset, r.label, r.details["instruction"]): r.metrics[metric] for r in records}
+    size = {r.dataset: r.num_queries for r in records}
     head = ["set", "queries", *(f"{name} {'w/ inst' if inst else 'w/o inst'}" for name, inst in columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for s in sets:
@@ -426,8 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     everything = []
     for spec in args.scorer:
         records = evaluate_mcr_sets(spec, args.sets, limit=args.limit, on_record=_print_record)
-        target = args.out / f"{records[0]['label']}.json"
-        atomic_write(target, json.dumps(records, indent=2))
+        target = args.out / f"{records[0].label}.json"
+        atomic_write(target, json.dumps([r.to_json() for r in records], indent=2))
         everything += records
     buffer = io.StringIO()
     print(format_mcr_table(everything), file=buffer)

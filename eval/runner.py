@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from eval.metrics import evaluate_run
+from eval.record import Result
 from indexes.manifest import folder_bytes
 from retrieval.api import Retriever
 from retrieval.data import Dataset
@@ -71,8 +72,10 @@ def query_latency_ms(retriever: Retriever, queries: dict[str, str], k: int, samp
     }
 
 
-def evaluate(retriever: Retriever, dataset: Dataset, ks=(10, 100), latency_sample: int = 100) -> tuple[dict, Run]:
-    """Index (if needed), search every judged query, and score. Returns (result record, run)."""
+def evaluate(retriever: Retriever, dataset: Dataset, ks=(10, 100), latency_sample: int = 100, *,
+             task: str | None = None, family: str = "retrieval", main_metric: str | None = None) -> tuple[Result, Run]:
+    """Index (if needed), search every judged query, and score. Returns (result, run); the task defaults
+    to the dataset's name, the main metric to nDCG@10 (else the first metric)."""
     if not retriever.doc_count:
         retriever.index(dataset.corpus)
     elif retriever.doc_count != len(dataset.corpus):
@@ -82,33 +85,29 @@ def evaluate(retriever: Retriever, dataset: Dataset, ks=(10, 100), latency_sampl
     run = retriever.search(dataset.queries, depth)
     search_seconds = time.perf_counter() - start
     description = retriever.describe()
-    record = {
-        "dataset": dataset.name,
-        "split": dataset.split,
-        "retriever": description,
-        "label": label(description),
-        "metrics": evaluate_run(dataset.qrels, run, ks),
-        "num_queries": len(dataset.queries),
-        "num_docs": len(dataset.corpus),
-        "build_seconds": retriever.build_seconds,
-        "search_seconds": search_seconds,
-        "latency_ms": query_latency_ms(retriever, dataset.queries, depth, latency_sample),
-        "index_bytes": index_bytes(retriever),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    return record, run
+    metrics = evaluate_run(dataset.qrels, run, ks)
+    result = Result(
+        task=task or dataset.name, family=family, dataset=dataset.name, split=dataset.split,
+        label=label(description), retriever=description, metrics=metrics,
+        main_metric=main_metric or ("ndcg@10" if "ndcg@10" in metrics else next(iter(metrics))),
+        num_queries=len(dataset.queries), num_docs=len(dataset.corpus),
+        build_seconds=retriever.build_seconds, search_seconds=search_seconds,
+        latency_ms=query_latency_ms(retriever, dataset.queries, depth, latency_sample),
+        index_bytes=index_bytes(retriever),
+    )
+    return result, run
 
 
-def format_table(records: list[dict]) -> str:
+def format_table(records: list[Result]) -> str:
     """A Markdown table: one row per result, metric columns in a stable order."""
-    metrics = sorted({m for r in records for m in r["metrics"]}, key=lambda m: (m.split("@")[0] != "ndcg", m.split("@")[0], int(m.split("@")[1])))
+    metrics = sorted({m for r in records for m in r.metrics}, key=lambda m: (m.split("@")[0] != "ndcg", m.split("@")[0], int(m.split("@")[1])))
     head = ["dataset", "retriever", *metrics, "latency ms", "index MB", "build s"]
     rows = [
         [
-            r["dataset"], r["label"], *(f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in metrics),
-            f"{r['latency_ms']['mean']:.1f}" if r.get("latency_ms") else "",
-            f"{r['index_bytes'] / 1e6:.1f}" if r.get("index_bytes") is not None else "",
-            f"{r['build_seconds']:.1f}" if r.get("build_seconds") is not None else "",
+            r.dataset, r.label, *(f"{r.metrics[m]:.4f}" if m in r.metrics else "" for m in metrics),
+            f"{r.latency_ms['mean']:.1f}" if r.latency_ms else "",
+            f"{r.index_bytes / 1e6:.1f}" if r.index_bytes is not None else "",
+            f"{r.build_seconds:.1f}" if r.build_seconds is not None else "",
         ]
         for r in records
     ]

@@ -10,7 +10,7 @@ Data sets (the files in ../shared/data, see each folder's PROVENANCE.md):
 Example:
     >>> from retrieval.dense.encoder import SentenceEncoder
     >>> record = evaluate_sts(SentenceEncoder("minilm"), "stsbenchmark", "test")
-    >>> record["metrics"]["cosine_spearman"]    # MTEB's all-MiniLM-L6-v2 figure: 0.8203
+    >>> record.metrics["cosine_spearman"]    # MTEB's all-MiniLM-L6-v2 figure: 0.8203
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from eval.record import Result
 from eval.runner import encoder_label
 from retrieval.data import shared_data
 from retrieval.errors import DataError
@@ -124,6 +125,33 @@ def load_sts_pairs(name: str, split: str = "test", folder: str | Path | None = N
     return pairs
 
 
+def load_pair_file(path: str | Path) -> list[STSPair]:
+    """Pairs from any file of `score, sentence1, sentence2` rows: tab-separated (.tsv) or comma-separated
+    (.csv, quoted as CSV), gzipped or not, with or without a header line naming the columns."""
+    path = Path(path)
+    name = path.name.removesuffix(".gz")
+    if not name.endswith((".tsv", ".csv")):
+        raise DataError(path, None, None, "an STS pair file must end in .tsv or .csv (optionally .gz)")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    tab = name.endswith(".tsv")
+    pairs = []
+    with opener(path, "rt", encoding="utf-8", newline="") as lines:
+        rows = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE) if tab else csv.reader(lines)
+        for lineno, cols in enumerate(rows, start=1):
+            if lineno == 1 and cols and cols[0].strip().lower() == "score":
+                continue  # the header
+            if len(cols) != 3:
+                raise DataError(path, lineno, None, f"expected 3 {'tab' if tab else 'comma'}-separated columns "
+                                                    f"(score, sentence1, sentence2), got {len(cols)}")
+            for field, text in (("sentence1", cols[1]), ("sentence2", cols[2])):
+                if not text.strip():
+                    raise DataError(path, lineno, field, "empty sentence")
+            pairs.append(STSPair(cols[1], cols[2], _score(cols[0], path, lineno, "score", (float("-inf"), float("inf")))))
+    if len(pairs) < 2:
+        raise DataError(path, None, None, f"need at least 2 pairs to correlate, got {len(pairs)}")
+    return pairs
+
+
 def cosine_scores(vectors1: np.ndarray, vectors2: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity; normalised here, so it does not matter whether the encoder normalises."""
     a = np.asarray(vectors1, dtype=np.float64)
@@ -149,8 +177,8 @@ def evaluate_sts(
     *,
     folder: str | Path | None = None,
     limit: int | None = None,
-) -> dict:
-    """Score an encoder on an STS split: cosine similarity of each pair against the gold scores.
+) -> Result:
+    """Score an encoder on an STS split (or a pair file): cosine similarity of each pair against the gold scores.
 
     Both sentences go through `encode_queries`, as a symmetric task should (MTEB, too, encodes STS
     sentences without a query/passage prompt type); a query prefix is therefore applied to both sides.
@@ -158,15 +186,16 @@ def evaluate_sts(
     Args:
         encoder: anything with `encode_queries(texts) -> array` and `describe()` (SentenceEncoder,
             method-module encoders).
-        name, split, folder: which pairs (see `load_sts_pairs`).
+        name, split, folder: which pairs (see `load_sts_pairs`); `name` may instead be the path of a pair
+            file (`load_pair_file`), recorded under its file name with task "STS".
         limit: score only the first `limit` pairs (quick checks).
 
     Returns:
-        A result record in the runner's style, metrics on the 0-1 scale:
-        {"task", "dataset", "split", "retriever", "label", "metrics": {"cosine_spearman", "cosine_pearson"},
-        "main_metric": "cosine_spearman", "num_queries": pairs scored, "date", "seconds"}.
+        A Result, metrics on the 0-1 scale: cosine_spearman (main) and cosine_pearson; num_queries is
+        the number of pairs scored.
     """
-    pairs = load_sts_pairs(name, split, folder)[:limit]
+    is_file = Path(name).suffix in (".tsv", ".csv", ".gz") or Path(name).is_file()
+    pairs = (load_pair_file(name) if is_file else load_sts_pairs(name, split, folder))[:limit]
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 pairs to correlate, got {len(pairs)}")
     start = time.perf_counter()
@@ -176,15 +205,9 @@ def evaluate_sts(
     row = {sentence: i for i, sentence in enumerate(unique)}
     similarity = cosine_scores(vectors[[row[p.sentence1] for p in pairs]], vectors[[row[p.sentence2] for p in pairs]])
     description = {"kind": "encoder", **encoder.describe()}
-    return {
-        "task": task_name(name),
-        "dataset": sts_set(name),
-        "split": split,
-        "retriever": description,
-        "label": encoder_label(description),
-        "metrics": correlations([p.score for p in pairs], similarity),
-        "main_metric": "cosine_spearman",
-        "num_queries": len(pairs),
-        "seconds": time.perf_counter() - start,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return Result(
+        task="STS" if is_file else task_name(name), family="STS", split="" if is_file else split, retriever=description,
+        dataset=Path(name).name.removesuffix(".gz").rsplit(".", 1)[0] if is_file else sts_set(name),
+        label=encoder_label(description), metrics=correlations([p.score for p in pairs], similarity),
+        main_metric="cosine_spearman", num_queries=len(pairs), search_seconds=time.perf_counter() - start,
+    )

@@ -7,13 +7,13 @@ keeps what it finished.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from eval.report import column_name
+from eval.record import Result
 from eval.runner import evaluate, label, safe_name
 from retrieval.api import Retriever
 from retrieval.data import shared_data
@@ -30,9 +30,10 @@ class SuiteRun:
     """What every task gets: the retriever spec, the data folder, and the retrievers already indexed in
     this run (by data folder), so a later task on the same data (mteb's SciFact) does not index it again."""
 
-    spec: str
+    spec: str | dict
     root: Path
     built: dict[str, Retriever] = field(default_factory=dict)
+    sample: int | None = None  # score a seeded sample of this many queries per retrieval data set (all: None)
 
     def retriever(self, data: str | None = None) -> Retriever:
         """The retriever indexed on `data` earlier in this run, else a new one from the spec."""
@@ -47,19 +48,57 @@ class SuiteRun:
         return encoder
 
 
-def _retrieval_task(folder: str, task: str, ks, main_metric: str):
-    def run(ctx: SuiteRun) -> list[dict]:
+def sampled(dataset, n: int | None, seed: int = 13):
+    """`dataset` with a seeded sample of `n` of its queries (the whole dataset when n is None)."""
+    from training.generative_eval import sample_queries
+
+    queries = sample_queries(dataset.queries, n, seed)
+    return dataclasses.replace(dataset, queries=queries, qrels={q: dataset.qrels[q] for q in queries})
+
+
+def retrieval_task(folder: str | Path, task: str | None = None, ks=(10, 100), main_metric: str = "ndcg@10"):
+    """A BEIR-layout folder's test split (under the data root unless absolute), scored by dengen's runner."""
+    def run(ctx: SuiteRun) -> list[Result]:
         from retrieval.data import load_dataset
 
+        path = ctx.root / folder
+        if not path.is_dir():
+            raise Skip(f"no data set at {path}")
         retriever = ctx.retriever()
-        record, _ = evaluate(retriever, load_dataset(ctx.root / folder, "test"), ks)
-        ctx.built[folder] = retriever
-        return [{**record, "task": task, "main_metric": main_metric}]
+        dataset = sampled(load_dataset(path, "test"), ctx.sample)
+        record, _ = evaluate(retriever, dataset, ks, task=task or dataset.name, main_metric=main_metric)
+        ctx.built[str(folder)] = retriever
+        return [record]
 
     return run
 
 
-def _limit(ctx: SuiteRun) -> list[dict]:
+def _squad_pages(ctx: SuiteRun) -> list[Result]:
+    """SQuAD v1.1 dev questions against its 48 Wikipedia pages, in KILT's format and scoring (R-precision),
+    as CorpusBrain's page-retrieval setting: a retriever finds the page a question was written on."""
+    from eval.kilt import corpus_pages, kilt_retrieval_scores, run_to_kilt
+    from retrieval.data import Dataset, load_corpus, load_qrels, load_queries
+
+    folder = ctx.root / "squad-v1.1-dev"
+    if not (folder / "pages.jsonl.gz").is_file():
+        raise Skip(f"no SQuAD pages at {folder / 'pages.jsonl.gz'}")
+    corpus = load_corpus(folder / "pages.jsonl.gz")
+    queries = load_queries(folder, "test-page")
+    qrels = load_qrels(folder, "test-page", corpus=corpus, queries=queries)
+    dataset = sampled(Dataset(corpus=corpus, queries={q: queries[q] for q in qrels}, qrels=qrels,
+                              name="squad-v1.1-dev pages", split="test-page"), ctx.sample)
+    retriever = ctx.retriever()
+    record, run = evaluate(retriever, dataset, (1, 10, 100), task="KILT squad pages", family="KILT", main_metric="ndcg@10")
+    titles = {d.id: d.title or d.id for d in corpus}
+    gold = [{"id": q, "input": text, "output": [{"provenance": [{"wikipedia_id": doc, "title": titles[doc]}
+                                                                for doc, grade in dataset.qrels[q].items() if grade > 0]}]}
+            for q, text in dataset.queries.items()]
+    guess = run_to_kilt(run, dataset.queries, corpus_pages(corpus, page_id=lambda doc: doc.id), k=10)
+    metrics = {**record.metrics, **kilt_retrieval_scores(gold, guess, ks=(5, 10))}
+    return [dataclasses.replace(record, metrics=metrics, main_metric="r-precision")]
+
+
+def _limit(ctx: SuiteRun) -> list[Result]:
     from eval.limit import KS, load_limit, main_metric
 
     records = []
@@ -69,15 +108,15 @@ def _limit(ctx: SuiteRun) -> list[dict]:
         except FileNotFoundError as err:
             print(f"skip LIMIT ({folder}): {err}")
             continue
-        record, _ = evaluate(ctx.retriever(), dataset, KS)
-        records.append({**record, "task": "LIMIT", "main_metric": main_metric(dataset)})
+        record, _ = evaluate(ctx.retriever(), sampled(dataset, ctx.sample), KS, task="LIMIT", family="LIMIT", main_metric=main_metric(dataset))
+        records.append(record)
     return records
 
 
 QMSUM_CHUNKS = {"window": 150, "stride": 150, "unit": "words"}  # ~200 MiniLM tokens: under its 256 limit
 
 
-def _qmsum(ctx: SuiteRun) -> list[dict]:
+def _qmsum(ctx: SuiteRun) -> list[Result]:
     """QMSum two ways: documents as the retriever takes them (a dense encoder cuts them at its token
     limit, with a warning saying how much; BM25 reads them whole) and chunked with max-pooled windows."""
     from eval.loco import evaluate_long, load_qmsum
@@ -94,17 +133,18 @@ def _qmsum(ctx: SuiteRun) -> list[dict]:
     return [as_is, evaluate_long(chunked, dataset)[0]]
 
 
-def _rarb(ctx: SuiteRun) -> list[dict]:
+def _rarb(ctx: SuiteRun) -> list[Result]:
     from eval.rarb import MCR_SETS, evaluate_mcr_sets, mcr_path
 
     folder = ctx.root / "rar-b-mcr"
     sets = []
     for name in MCR_SETS:
         try:
-            mcr_path(name, folder)
-            sets.append(name)
+            sets.append(mcr_path(name, folder))
         except FileNotFoundError as err:
             print(f"skip RAR-b {name}: {err}")
+    # any other set file in the folder (e.g. TempReason-l3-pure-test.csv) is scored too, under its file name
+    sets += sorted(p for p in folder.glob("*.csv*") if p.name.endswith((".csv", ".csv.gz")) and p not in sets)
     if not sets:
         raise Skip(f"no RAR-b MCR files in {folder}")
     return evaluate_mcr_sets(ctx.retriever(), sets, root=folder)
@@ -113,7 +153,7 @@ def _rarb(ctx: SuiteRun) -> list[dict]:
 STS_TASKS = (("stsbenchmark", "STSBenchmark"), ("sick", "SICK-R"))  # our data folder, MTEB's task name
 
 
-def _sts(ctx: SuiteRun) -> list[dict]:
+def _sts(ctx: SuiteRun) -> list[Result]:
     from eval.mteb_tasks import MTEB_SPLITS
     from eval.sts import evaluate_sts
 
@@ -124,7 +164,7 @@ def _sts(ctx: SuiteRun) -> list[dict]:
 KILT_SOURCE = ("kilt/kilt_knowledgesource.json", "kilt/kilt_knowledgesource.jsonl.gz")
 
 
-def _kilt(ctx: SuiteRun) -> list[dict]:
+def _kilt(ctx: SuiteRun) -> list[Result]:
     """Page retrieval over KILT's Wikipedia for every gold file in kilt-dev/, scored as KILT does."""
     from eval.kilt import KNOWLEDGE_SOURCE_URL, evaluate_kilt, load_knowledge_source
 
@@ -140,7 +180,7 @@ def _kilt(ctx: SuiteRun) -> list[dict]:
     return [evaluate_kilt(retriever, gold, corpus)[0] for gold in golds]
 
 
-def _mteb(ctx: SuiteRun) -> list[dict]:
+def _mteb(ctx: SuiteRun) -> list[Result]:
     """SciFact through mteb.evaluate with the retriever behind mteb's search protocol (the one the
     scifact task indexed, when it ran), and STS-B and SICK-R through mteb for a retriever with an encoder:
     mteb's own numbers beside dengen's."""
@@ -157,20 +197,25 @@ def _mteb(ctx: SuiteRun) -> list[dict]:
     return records
 
 
-TASKS: dict[str, Callable[[SuiteRun], list[dict]]] = {
-    "scifact": _retrieval_task("scifact", "SciFact", (10, 100), "ndcg@10"),
+TASKS: dict[str, Callable[[SuiteRun], list[Result]]] = {
+    "scifact": retrieval_task("scifact", "SciFact"),
     "limit": _limit,
     "sts": _sts,
     "rar-b": _rarb,
     "qmsum": _qmsum,
     "mteb": _mteb,
     "kilt": _kilt,
+    "squad-pages": _squad_pages,
 }
+# the folders under the data root each task reads (a leaderboard cell is keyed by their contents)
+TASK_DATA = {"scifact": ["scifact"], "limit": ["limit-small", "limit"], "sts": ["stsbenchmark", "sick"],
+             "rar-b": ["rar-b-mcr"], "qmsum": ["qmsum"], "mteb": ["scifact", "stsbenchmark", "sick"],
+             "kilt": ["kilt", "kilt-dev"], "squad-pages": ["squad-v1.1-dev"]}
 SUITES = {"default": list(TASKS)}
 
 
 def run_suite(spec: str, out: str | Path, suite: str = "default", data_root: str | Path | None = None,
-              tasks: list[str] | None = None, name: str | None = None) -> list[dict]:
+              tasks: list[str] | None = None, name: str | None = None) -> list[Result]:
     """Run the suite's tasks (or `tasks`) for `spec`; write each record to `out` and return them all.
 
     Every record is labelled `name` (default: the spec's configuration label), so one retriever is one
@@ -193,10 +238,9 @@ def run_suite(spec: str, out: str | Path, suite: str = "default", data_root: str
         except Skip as why:
             print(f"skip {task}: {why}")
             continue
+        new = [dataclasses.replace(r, label=row, details={**r.details, "suite": suite}) for r in new]
         for record in new:
-            record.update(suite=suite, label=row)
-            stem = safe_name(f"{column_name(record)}-{record.get('split', '')}-{record['label']}")
-            (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            record.write(out, safe_name(f"{record.column}-{record.split}-{record.label}"))
         records += new
         print(f"{task}: {len(new)} result(s) in {time.perf_counter() - start:.0f} s")
     return records

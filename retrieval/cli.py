@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import dataclasses
 import signal
 import sys
 import threading
@@ -86,18 +86,24 @@ def cmd_eval(args) -> None:
                             args.tasks.split(",") if args.tasks else None, name=args.name)
         print(markdown_table(records) if records else "no task ran")
         return
+    if args.sts or args.rarb:
+        return _eval_file(args)
     if not args.data:
-        raise SpecError("eval needs --data DIR (or --suite NAME)")
+        raise SpecError("eval needs --data DIR (or --suite NAME, --sts FILE, --rarb FILE)")
     retriever = parse_spec(args.retriever) if args.retriever else None
     if retriever is not None and not retriever.doc_count:
         retriever.check_index_options()  # a bad spec fails before the dataset is read
-    dataset = load_dataset(args.data, args.split, drop_missing=args.drop_missing)
+    if args.keep_missing and args.mteb:
+        raise SpecError("--keep-missing is for dengen's runner; mteb's tasks read qrels with --drop-missing or as they are")
+    dataset = load_dataset(args.data, args.split, drop_missing=args.drop_missing, keep_missing=args.keep_missing)
     if args.run:
-        record = {
-            "dataset": dataset.name, "split": dataset.split, "retriever": {"kind": "run", "file": args.run},
-            "label": args.name or Path(args.run).stem, "metrics": evaluate_run(dataset.qrels, Run.from_trec(args.run), args.k),
-            "num_queries": len(dataset.queries),
-        }
+        from eval.record import Result
+
+        metrics = evaluate_run(dataset.qrels, Run.from_trec(args.run), args.k)
+        record = Result(task=dataset.name, family="retrieval", dataset=dataset.name, split=dataset.split,
+                        label=Path(args.run).stem, retriever={"kind": "run", "file": args.run}, metrics=metrics,
+                        main_metric="ndcg@10" if "ndcg@10" in metrics else next(iter(metrics)),
+                        num_queries=len(dataset.queries), num_docs=len(dataset.corpus))
         run = None
     elif args.mteb:
         from eval.mteb_adapter import MtebRetriever, mteb_record, mteb_scores, retrieval_metric_names
@@ -111,37 +117,101 @@ def cmd_eval(args) -> None:
     else:
         record, run = evaluate(retriever, dataset, args.k)
     if args.name:
-        record["label"] = args.name
+        record = dataclasses.replace(record, label=args.name)
     if args.retriever and args.save_index:
         retriever.save(args.save_index, overwrite=args.overwrite)
     print(format_table([record]))
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"{dataset.name}-{dataset.split}-{record['label']}" + ("-mteb" if args.mteb else "")
-        (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        stem = f"{dataset.name}-{dataset.split}-{record.label}" + ("-mteb" if args.mteb else "")
+        record.write(out, stem)
         if run is not None:
             try:
-                run.to_trec(out / f"{stem}.trec", tag=record["label"])
+                run.to_trec(out / f"{stem}.trec", tag=record.label)
             except ValueError as err:  # e.g. LIMIT's doc ids are names with spaces
                 print(f"no TREC run written: {err}", file=sys.stderr)
         print(f"wrote {out / (stem + '.json')}")
 
 
+def _eval_file(args) -> None:
+    """`dengen eval --sts FILE` (cosine Spearman of the retriever's encoder on a pair file) or `--rarb FILE`
+    (RAR-b multiple-choice accuracy on a set file, with and without its instruction)."""
+    from eval.report import markdown_table
+    from retrieval.errors import SpecError
+    from retrieval.longdoc import encoder_of
+    from retrieval.spec import parse_spec
+
+    if not args.retriever:
+        raise SpecError("--sts and --rarb need --retriever")
+    if args.sts:
+        from eval.sts import evaluate_sts, load_pair_file
+
+        load_pair_file(args.sts)  # a bad file fails before the model loads
+        encoder = encoder_of(parse_spec(args.retriever))
+        if encoder is None:
+            raise SpecError(f"--sts needs a retriever with a sentence encoder; {args.retriever!r} has none")
+        records = [evaluate_sts(encoder, args.sts)]
+    else:
+        from eval.rarb import evaluate_mcr_sets, load_mcr
+
+        load_mcr(args.rarb)  # a bad file fails before the model loads
+        records = evaluate_mcr_sets(args.retriever, [args.rarb])
+    if args.name:
+        records = [dataclasses.replace(r, label=args.name) for r in records]
+    print(markdown_table(records))
+    for record in records if args.out else ():
+        from eval.runner import safe_name
+
+        print(f"wrote {record.write(args.out, safe_name(f'{record.column}-{record.label}'))}")
+
+
 def cmd_report(args) -> None:
-    from eval.report import load_records, markdown_table, render, write_report
+    from eval.record import read_results
+    from eval.report import markdown_table, write_report
     from retrieval.errors import DataError
 
-    records = load_records(args.results)
+    records = read_results(args.results)
     if not records:
         raise DataError(args.results, None, None, "no result files (*.json) to report")
     page = write_report(records, args.out, title=args.title)
     print(markdown_table(records))
-    print(f"wrote {page} and {Path(args.out) / 'README.md'}")
+    _wrote_report(page, args)
+
+
+def _wrote_report(page: Path, args) -> None:
+    from eval.report import render
+
+    print(f"wrote {page}, {page.parent / 'README.md'} and {page.parent / 'report.json'}")
     if args.screenshot:
         width, height = (int(n) for n in args.window.lower().split("x"))
         render(page, screenshot=args.screenshot, size=(width, height))
         print(f"wrote {args.screenshot}")
+
+
+def cmd_leaderboard(args) -> None:
+    from eval.leaderboard import Task, check_board, read_board, run_board
+    from eval.report import markdown_table, write_report
+    from retrieval.errors import DataError, SpecError
+
+    board = read_board(args.board)
+    for folder in args.data or ():
+        if not Path(folder).is_dir():
+            raise DataError(folder, None, None, "--data: no such BEIR folder")
+        board.tasks.append(Task(f"beir:{folder}"))
+    filled = run_board(board, args.out, args.data_root, train=not args.no_train, cached=args.action == "run")
+    print(f"{filled.computed} cell(s) computed, {len(filled.results)} result(s), {len(filled.missing)} cell(s) empty")
+    if filled.results:
+        page = write_report(filled.results, Path(args.out) / "report", title=board.title, missing=filled.missing,
+                            profiles=filled.profiles)
+        print(markdown_table(filled.results))
+        _wrote_report(page, args)
+    if args.action == "check":
+        failures = check_board(board, filled)
+        for line in failures:
+            print(f"FAIL {line}", file=sys.stderr)
+        if failures:
+            raise SpecError(f"{args.board}: {len(failures)} expected score(s) not reproduced (listed above)")
+        print(f"{args.board}: every expected score reproduced")
 
 
 # method -> training module with main(argv) reading `--config FILE.yaml`
@@ -201,20 +271,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a retriever (or a TREC run) on a dataset split, or run a suite")
     ev.add_argument("--data", help="dataset folder (BEIR layout or MTEB-style qrels)")
+    ev.add_argument("--sts", help="instead of --data: an STS pair file (score, sentence1, sentence2; .tsv or .csv, "
+                                  "gz or not) scored by cosine Spearman of the retriever's encoder")
+    ev.add_argument("--rarb", help="instead of --data: a RAR-b multiple-choice set file (.csv or .csv.gz with "
+                                   "instructions,queries,documents,labels), accuracy with and without the instruction")
     ev.add_argument("--suite", help="run a benchmark suite instead of one dataset: default")
     ev.add_argument("--tasks", help="with --suite: only these tasks, comma-separated")
     ev.add_argument("--data-root", help="with --suite: the shared data folder (default $DENGEN_SHARED_DATA or ../shared/data beside the repository)")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--retriever", help=SPEC_HELP)
     source.add_argument("--run", help="score an existing TREC run file instead")
-    ev.add_argument("--split", default="test")
+    ev.add_argument("--split", default="test",
+                    help="which judgements to score: qrels/NAME.tsv (or .jsonl/.txt, or qrels-NAME.jsonl), with "
+                         "queries-NAME.jsonl when the folder has per-split queries (default: test; e.g. dev, train)")
     ev.add_argument("--k", type=_ks, default=[10, 100], help="cut-offs, e.g. 10,100")
     ev.add_argument("--out", help="results folder: writes <dataset>-<split>-<label>.json and .trec")
     ev.add_argument("--name", help="label for this configuration in results and reports")
     ev.add_argument("--save-index", help="also save the built index to this folder")
     ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP.replace("--out", "--save-index"))
     ev.add_argument("--mteb", action="store_true", help="score through mteb.evaluate (the retriever behind mteb's search protocol) instead of dengen's runner")
-    ev.add_argument("--drop-missing", action="store_true", help="drop qrels whose ids are not in the corpus/queries (warns with counts)")
+    missing = ev.add_mutually_exclusive_group()
+    missing.add_argument("--drop-missing", action="store_true",
+                         help="drop qrels whose ids are not in the corpus/queries (warns with counts; figures then "
+                              "differ from official ones)")
+    missing.add_argument("--keep-missing", action="store_true",
+                         help="score qrels documents missing from the corpus as trec_eval does (relevant, never "
+                              "retrieved), reproducing official figures; lines of unknown queries are dropped")
     ev.add_argument("--trust-paths", action="store_true", help=TRUST_HELP)
     ev.set_defaults(func=cmd_eval)
 
@@ -230,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--screenshot", help="also render the page in headless Chromium to this PNG")
     report.add_argument("--window", default="1200x1600", help="screenshot size, WIDTHxHEIGHT pixels")
     report.set_defaults(func=cmd_report)
+
+    board = sub.add_parser("leaderboard", help="fill or check a leaderboard file (rows x tasks, cached per cell)")
+    board.add_argument("action", choices=("run", "check"),
+                       help="run: compute the cells not already in --out; check: compute every cell again and "
+                            "fail (exit 2) on any score outside its expected tolerance")
+    board.add_argument("board", help="leaderboard YAML, e.g. eval/leaderboards/default.yaml")
+    board.add_argument("--out", required=True, help="folder for the cells (cells/) and the report (report/)")
+    board.add_argument("--data", action="append", help="also score every row on this BEIR folder (repeatable)")
+    board.add_argument("--data-root", help="the shared data folder (default $DENGEN_SHARED_DATA or ../shared/data)")
+    board.add_argument("--no-train", action="store_true", help="never run a row's recipe (its cells fail instead)")
+    board.add_argument("--screenshot", help="also render the report in headless Chromium to this PNG")
+    board.add_argument("--window", default="1400x2400", help="screenshot size, WIDTHxHEIGHT pixels")
+    board.set_defaults(func=cmd_leaderboard)
     return parser
 
 

@@ -399,12 +399,19 @@ def load_qrels(
     corpus: Corpus | None = None,
     queries: dict[str, str] | None = None,
     drop_missing: bool = False,
+    keep_missing: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Read qrels as {query_id: {doc_id: relevance}}.
 
     Given `corpus` and/or `queries`, a judgement naming an id they lack raises a `DataError` (file, line,
-    field); with `drop_missing=True` such lines are dropped and a warning counts them instead.
+    field). With `drop_missing=True` such lines are dropped and a warning counts them (figures then differ
+    from official ones, which keep them). With `keep_missing=True` a document missing from the corpus is
+    kept as trec_eval keeps it: relevant, never retrieved, so recall and nDCG count it against every
+    retriever as official figures (e.g. Anserini's) do; a line whose query is missing is dropped, as
+    trec_eval skips queries that are not in the run.
     """
+    if drop_missing and keep_missing:
+        raise ValueError("drop_missing and keep_missing exclude each other")
     path = Path(path)
     if path.is_dir():
         path = _qrels_file(path, split)
@@ -414,12 +421,13 @@ def load_qrels(
         missing = None
         if queries is not None and qid not in queries:
             missing = ("query-id", qid, "queries")
-        elif corpus is not None and doc_id not in corpus:
+        elif corpus is not None and doc_id not in corpus and not keep_missing:
             missing = ("corpus-id", doc_id, "corpus")
         if missing:
             field, value, where = missing
-            if not drop_missing:
-                raise DataError(path, lineno, field, f"{value!r} is not in the {where} (pass drop_missing=True / --drop-missing to drop such lines)")
+            if not (drop_missing or keep_missing):
+                raise DataError(path, lineno, field, f"{value!r} is not in the {where} (--keep-missing scores it as "
+                                "trec_eval does; --drop-missing drops such lines)")
             dropped[field] += 1
             continue
         docs = qrels.setdefault(qid, {})
@@ -429,7 +437,9 @@ def load_qrels(
     if sum(dropped.values()):
         warnings.warn(
             f"{path}: dropped {dropped['query-id']} qrels lines whose query is not in the queries "
-            f"and {dropped['corpus-id']} whose document is not in the corpus",
+            f"and {dropped['corpus-id']} whose document is not in the corpus"
+            + ("; figures are not comparable to official ones (--keep-missing scores missing documents as trec_eval does)"
+               if dropped["corpus-id"] else ""),
             stacklevel=2,
         )
     if not qrels:
@@ -451,7 +461,7 @@ def write_qrels(qrels: dict[str, dict[str, int]], path: str | Path) -> None:
 # ---------------------------------------------------------------- whole datasets
 
 
-def load_dataset(path: str | Path, split: str = "test", *, drop_missing: bool = False) -> Dataset:
+def load_dataset(path: str | Path, split: str = "test", *, drop_missing: bool = False, keep_missing: bool = False) -> Dataset:
     """Corpus, the split's queries and qrels from one folder, checked against each other.
 
     Only queries with at least one judgement are kept: those are the ones a benchmark scores.
@@ -461,6 +471,6 @@ def load_dataset(path: str | Path, split: str = "test", *, drop_missing: bool = 
         raise FileNotFoundError(f"{path}: not a dataset folder")
     corpus = load_corpus(path)
     queries = load_queries(path, split)
-    qrels = load_qrels(path, split, corpus=corpus, queries=queries, drop_missing=drop_missing)
+    qrels = load_qrels(path, split, corpus=corpus, queries=queries, drop_missing=drop_missing, keep_missing=keep_missing)
     judged = {qid: queries[qid] for qid in queries if qid in qrels}
     return Dataset(corpus=corpus, queries=judged, qrels=qrels, name=path.name, split=split)

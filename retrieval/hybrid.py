@@ -82,15 +82,7 @@ class HybridRetriever(Retriever):
         self.members = members
         if all(m.doc_count for m in members):
             self.doc_count = members[0].doc_count
-            self.build_seconds = self._members_build_seconds()
-
-    def _members_build_seconds(self) -> float | None:
-        times = [m.build_seconds for m in self.members]
-        return None if None in times else sum(times)
-
-    def index(self, corpus: Corpus, engine: str = "local", **options) -> None:
-        super().index(corpus, engine, **options)  # refuses engines and options it does not have
-        self.build_seconds = self._members_build_seconds()  # the fusion itself costs nothing to build
+            self.build_seconds = 0.0  # assembled from indexed members: nothing was built
 
     def check_index_options(self, engine: str = "local", **options) -> None:
         super().check_index_options(engine, **options)

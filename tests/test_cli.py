@@ -29,7 +29,7 @@ def test_cli_eval_equals_python_api(tiny_beir, tmp_path):
     dengen("eval", "--data", tiny_beir, "--retriever", "bm25", "--k", "1,5", "--out", tmp_path / "res", "--save-index", tmp_path / "bm25")
     record = json.loads((tmp_path / "res" / "tiny-test-bm25.json").read_text())
     api_record, run = evaluate(parse_spec("bm25"), load_dataset(tiny_beir), ks=(1, 5))
-    assert record["metrics"] == pytest.approx(api_record["metrics"])
+    assert record["metrics"] == pytest.approx(api_record.metrics) and record["schema_version"] == 1
     assert record["metrics"]["recall@5"] == 1.0
     assert set(record) >= {"retriever", "metrics", "index_bytes", "build_seconds", "latency_ms"}
     assert record["index_bytes"] > 0 and record["latency_ms"]["mean"] > 0
@@ -94,6 +94,40 @@ def test_cli_eval_through_mteb_agrees_with_the_runner(tiny_beir, tmp_path):
     theirs = json.loads((tmp_path / "res" / "tiny-test-bm25-mteb.json").read_text())
     assert theirs["variant"] == "mteb" and set(theirs["metrics"]) == {f"{m}@{k}" for m in ("ndcg", "recall", "map", "mrr") for k in (1, 5)}
     assert theirs["metrics"] == pytest.approx({m: ours["metrics"][m] for m in theirs["metrics"]}, abs=1e-5)
+
+
+def test_cli_eval_keep_missing_scores_as_trec_eval_and_drop_missing_warns(tmp_path):
+    from conftest import TINY_QRELS, write_beir
+
+    folder = write_beir(tmp_path / "d", qrels={**TINY_QRELS, "q1": {"d2": 1, "gone": 1}})
+    refused = dengen("eval", "--data", folder, "--retriever", "bm25", check=False)
+    assert refused.returncode == 2 and "'gone' is not in the corpus (--keep-missing scores it as trec_eval does" in refused.stderr
+    kept = dengen("eval", "--data", folder, "--retriever", "bm25", "--keep-missing", "--k", "10", "--out", tmp_path / "k")
+    dropped = dengen("eval", "--data", folder, "--retriever", "bm25", "--drop-missing", "--k", "10", "--out", tmp_path / "x")
+    assert "not comparable to official ones" in dropped.stderr and "not comparable" not in kept.stderr
+    recall = [json.loads((tmp_path / f / "d-test-bm25.json").read_text())["metrics"]["recall@10"] for f in ("k", "x")]
+    assert recall == [pytest.approx(0.875), 1.0]  # q1 finds d2 but never the missing page: 1/2 for it, 7/8 over four
+
+
+def test_cli_eval_sts_and_rarb_files(tmp_path):
+    from test_rarb import write_mcr
+
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("score\tsentence1\tsentence2\n5\ta cat sat\ta cat sat\n0\ta cat sat\tstock prices fell\n"
+                     "3\tthe dog ran\tthe dog ran fast\n")
+    out = dengen("eval", "--sts", pairs, "--retriever", "dense:model=minilm", "--out", tmp_path / "r").stdout
+    sts = json.loads((tmp_path / "r" / "pairs-encoder-minilm.json").read_text())
+    assert (sts["task"], sts["dataset"], sts["family"]) == ("STS", "pairs", "STS") and sts["metrics"]["cosine_spearman"] == 1.0
+    assert "STS (mean)" in out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("5,only two\n")
+    done = dengen("eval", "--sts", bad, "--retriever", "dense:model=minilm", check=False)
+    assert done.returncode == 2 and f"{bad}, line 1: expected 3 comma-separated columns" in done.stderr
+    sets = write_mcr(tmp_path / "TempReason-l3-pure-test.csv", [
+        ("Pick the cure.", "what cures scurvy", ["vitamin C cures scurvy", "chess openings"], 0)])
+    dengen("eval", "--rarb", sets, "--retriever", "bm25", "--out", tmp_path / "m")
+    names = sorted(json.loads(p.read_text())["dataset"] + " " + json.loads(p.read_text())["variant"] for p in (tmp_path / "m").glob("*.json"))
+    assert names == ["TempReason-l3-pure instr", "TempReason-l3-pure no instr"]
 
 
 def test_cli_train_dispatches_to_the_method_recipe(tmp_path):

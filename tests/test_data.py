@@ -100,6 +100,22 @@ def test_qrels_with_unknown_ids_fail_by_default_and_drop_on_request(tmp_path):
     assert set(ds.queries) == {"q1", "q2"}  # only judged queries are scored
 
 
+def test_keep_missing_scores_missing_documents_as_trec_eval_does(tmp_path):
+    from eval.metrics import evaluate_run
+
+    folder = write_beir(tmp_path / "d", qrels={"q1": {"d2": 1, "missing-doc": 1}, "ghost": {"d1": 1}})
+    with pytest.warns(UserWarning, match="dropped 1 qrels lines whose query is not in the queries and 0"):
+        kept = load_dataset(folder, keep_missing=True)
+    assert kept.qrels == {"q1": {"d2": 1, "missing-doc": 1}}  # relevant, never retrievable
+    with pytest.warns(UserWarning, match="not comparable to official ones"):
+        dropped = load_dataset(folder, drop_missing=True)
+    run = {"q1": {"d2": 2.0, "d1": 1.0}}
+    # d2 at rank 1 of two relevant: recall 1/2, nDCG 1 / (1 + 1/log2(3)) = 0.6131; dropped, both would be 1
+    assert evaluate_run(kept.qrels, run, (10,))["recall@10"] == 0.5
+    assert evaluate_run(kept.qrels, run, (10,))["ndcg@10"] == pytest.approx(0.613147, abs=1e-6)
+    assert evaluate_run(dropped.qrels, run, (10,))["ndcg@10"] == 1.0
+
+
 def test_qrels_bad_score(tmp_path):
     (tmp_path / "q.tsv").write_text("query-id\tcorpus-id\tscore\n1\td\thigh\n")
     with pytest.raises(DataError) as err:

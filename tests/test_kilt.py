@@ -290,10 +290,10 @@ def test_evaluate_kilt_runs_a_retriever_end_to_end(tmp_path):
     gold[0]["input"], gold[1]["input"], gold[2]["input"] = "lack of vitamin C", "blood glucose hormone", "board game and vitamin C"
     write_kilt(gold, tmp_path / "toy-dev-kilt.jsonl")
     record, guess = evaluate_kilt(build_retriever("bm25"), tmp_path / "toy-dev-kilt.jsonl", corpus, ks=(1, 2))
-    assert (record["dataset"], record["split"], record["main_metric"]) == ("toy", "dev", "r-precision")
+    assert (record.dataset, record.split, record.main_metric) == ("toy", "dev", "r-precision")
     assert [g["id"] for g in guess] == ["a", "b", "c"] and guess[0]["output"][0]["provenance"][0] == {"wikipedia_id": "101", "title": "Scurvy"}
-    assert record["metrics"] == kilt_retrieval_scores(gold, guess, ks=(1, 2))
-    assert record["metrics"]["r-precision"] == 1.0  # each query names its pages' words; c's two pages rank first
+    assert record.metrics == kilt_retrieval_scores(gold, guess, ks=(1, 2))
+    assert record.metrics["r-precision"] == 1.0  # each query names its pages' words; c's two pages rank first
 
 
 # ---------------------------------------------------------------- the real KILT dev files

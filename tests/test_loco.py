@@ -123,17 +123,17 @@ def test_bad_rows_fail_with_file_line_and_field(loco_root):
 def test_bm25_records_say_how_long_documents_were_handled(loco_root):
     ds = load_loco(loco_root, "qmsum")
     full, _ = evaluate_long(parse_spec("bm25"), ds, long_doc="full", ks=(1, 10))
-    assert full["task"] == "qmsum" and full["main_metric"] == "ndcg@10" and full["long_doc"] == {"mode": "full"}
-    assert full["main_score"] == full["metrics"]["ndcg@10"] and full["label"] == "bm25-full"
-    assert {"metrics", "latency_ms", "index_bytes", "build_seconds", "retriever"} <= set(full)
+    assert full.task == "qmsum" and full.main_metric == "ndcg@10" and full.details["long_doc"] == {"mode": "full"}
+    assert full.score == full.metrics["ndcg@10"] and full.variant == "full" and full.label == "bm25-full"
+    assert full.latency_ms["mean"] > 0 and full.index_bytes > 0 and full.build_seconds is not None
     with pytest.warns(UserWarning, match=r"^2 of 3 documents exceed 50 words; 85\.5% of words were cut$"):
         cut, _ = evaluate_long(parse_spec("bm25"), ds, max_words=50, ks=(1, 10))
-    assert cut["long_doc"]["mode"] == "truncate" and cut["long_doc"]["words"]["units_cut"] == (369 - 50) + (368 - 50)
-    assert cut["label"] == "bm25-trunc50w"
-    assert cut["metrics"]["ndcg@10"] < full["metrics"]["ndcg@10"]  # the answers sit past word 50
+    assert cut.details["long_doc"]["mode"] == "truncate" and cut.details["long_doc"]["words"]["units_cut"] == (369 - 50) + (368 - 50)
+    assert cut.label == "bm25-trunc50w"
+    assert cut.metrics["ndcg@10"] < full.metrics["ndcg@10"]  # the answers sit past word 50
     chunk, _ = evaluate_long(parse_spec("chunked:inner=bm25,window=40,stride=20"), ds, ks=(1, 10))
-    assert chunk["long_doc"] == {"mode": "chunk", "unit": "words", "window": 40, "stride": 20, "chunks": 2 * 18 + 1}
-    assert chunk["label"] == "chunked-bm25-40x20w" and chunk["metrics"]["mrr@1"] == 1.0
+    assert chunk.details["long_doc"] == {"mode": "chunk", "unit": "words", "window": 40, "stride": 20, "chunks": 2 * 18 + 1}
+    assert chunk.label == "chunked-bm25-40x20w" and chunk.metrics["mrr@1"] == 1.0
     with pytest.raises(ValueError, match="give max_words=N to truncate, or use long_doc='full'"):
         evaluate_long(parse_spec("bm25"), ds)
     with pytest.raises(ValueError, match="chunk needs a 'chunked' retriever"):
@@ -148,8 +148,8 @@ def test_dense_truncation_counts_tokens_with_the_model_tokenizer():
         record, _ = evaluate_long(parse_spec("dense:model=minilm"), ds, ks=(1,), latency_sample=1)
     messages = [str(w.message) for w in caught if "exceed" in str(w.message)]
     assert messages == ["1 of 2 documents exceed 256 tokens; 49.6% of tokens were cut"]
-    assert record["long_doc"]["max_tokens"] == 256 and record["long_doc"]["tokens"]["units_cut"] == 256
-    assert record["label"] == "dense-minilm-Flat-trunc256t"
+    assert record.details["long_doc"]["max_tokens"] == 256 and record.details["long_doc"]["tokens"]["units_cut"] == 256
+    assert record.label == "dense-minilm-Flat-trunc256t"
     with pytest.raises(ValueError, match="cannot read whole documents"):
         evaluate_long(parse_spec("dense:model=minilm"), ds, long_doc="full")
 
@@ -174,8 +174,8 @@ def test_qmsum_bm25_chunking_beats_truncation():
     ds = load_qmsum(shared("qmsum"), "test")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        full = evaluate_long(parse_spec("bm25"), ds, long_doc="full", latency_sample=5)[0]["main_score"]
-        cut = evaluate_long(parse_spec("bm25"), ds, max_words=200, latency_sample=5)[0]["main_score"]
-        chunk = evaluate_long(parse_spec("chunked:inner=bm25,window=200,stride=100"), ds, latency_sample=5)[0]["main_score"]
+        full = evaluate_long(parse_spec("bm25"), ds, long_doc="full", latency_sample=5)[0].score
+        cut = evaluate_long(parse_spec("bm25"), ds, max_words=200, latency_sample=5)[0].score
+        chunk = evaluate_long(parse_spec("chunked:inner=bm25,window=200,stride=100"), ds, latency_sample=5)[0].score
     assert 0.35 < full < 0.45  # numpy BM25 reference (PROVENANCE.md): 0.4203; Lucene's analyzer differs
     assert cut < full - 0.15 and chunk > full

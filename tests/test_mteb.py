@@ -91,7 +91,7 @@ def test_mteb_scores_a_retriever_as_our_runner_does(tiny, tiny_bm25):
     assert adapter.reused_index is False  # an empty retriever is indexed from mteb's corpus
     assert scores["main_score"] == scores["ndcg_at_10"]
     for ours, theirs in [("ndcg@10", "ndcg_at_10"), ("recall@100", "recall_at_100"), ("mrr@10", "mrr_at_10")]:
-        assert record["metrics"][ours] == pytest.approx(scores[theirs], abs=1e-4)
+        assert record.metrics[ours] == pytest.approx(scores[theirs], abs=1e-4)
     assert scores["ndcg_at_10"] > 0.7  # the tiny queries are easy: a broken adapter would not get there
 
 
@@ -102,7 +102,7 @@ def test_saved_index_is_scored_without_reindexing(tiny, tiny_bm25, monkeypatch):
     adapter = MtebRetriever(loaded)
     scores = mteb_scores(adapter, local_retrieval_task(tiny))
     assert adapter.reused_index is True
-    assert scores["ndcg_at_10"] == pytest.approx(record["metrics"]["ndcg@10"], abs=1e-4)
+    assert scores["ndcg_at_10"] == pytest.approx(record.metrics["ndcg@10"], abs=1e-4)
 
 
 def test_same_count_other_documents_is_reindexed(tiny_bm25, tmp_path):
@@ -121,7 +121,7 @@ def test_reindex_false_trusts_the_index_but_not_another_size(tiny, tiny_bm25, tm
     monkeypatch.setattr(loaded, "doc_text", lambda doc_id: None)  # an index that stores no texts
     assert not loaded.holds(load_corpus(tiny))  # so the default would rebuild it
     adapter = MtebRetriever(loaded, reindex=False)
-    assert mteb_scores(adapter, local_retrieval_task(tiny))["ndcg_at_10"] == pytest.approx(record["metrics"]["ndcg@10"], abs=1e-4)
+    assert mteb_scores(adapter, local_retrieval_task(tiny))["ndcg_at_10"] == pytest.approx(record.metrics["ndcg@10"], abs=1e-4)
     assert adapter.reused_index is True
     smaller = write_beir(tmp_path / "smaller", docs=TINY_DOCS[:5], queries={"q1": TINY_QUERIES["q1"]}, qrels={"q1": {"d2": 1}})
     with pytest.raises(ValueError, match="the index holds 8 documents, the task 5"):
@@ -211,8 +211,8 @@ def test_bm25_scifact_mteb_equals_runner():
     adapter = MtebRetriever(retriever)
     scores = mteb_scores(adapter, scifact_task(shared("scifact"), k_values=SHALLOW))
     assert adapter.reused_index is True
-    assert scores["ndcg_at_10"] == pytest.approx(record["metrics"]["ndcg@10"], abs=1e-4)  # 3 decimals and more
-    assert scores["recall_at_100"] == pytest.approx(record["metrics"]["recall@100"], abs=1e-4)
+    assert scores["ndcg_at_10"] == pytest.approx(record.metrics["ndcg@10"], abs=1e-4)  # 3 decimals and more
+    assert scores["recall_at_100"] == pytest.approx(record.metrics["recall@100"], abs=1e-4)
     assert scores["ndcg_at_10"] == pytest.approx(0.679, abs=0.003)  # Anserini BM25 flat: 0.6789
 
 
@@ -236,9 +236,9 @@ def test_minilm_scifact_mteb_equals_runner_from_one_saved_index(scifact_minilm):
     record, _ = evaluate(load_retriever(scifact_minilm), dataset, latency_sample=1)
     adapter = MtebRetriever(load_retriever(scifact_minilm))
     scores = mteb_scores(adapter, scifact_task(shared("scifact")))
-    print("\nSciFact MiniLM:", json.dumps({"dengen": record["metrics"], "mteb_ndcg_at_10": scores["ndcg_at_10"],
+    print("\nSciFact MiniLM:", json.dumps({"dengen": record.metrics, "mteb_ndcg_at_10": scores["ndcg_at_10"],
                                             "mteb_recall_at_100": scores["recall_at_100"]}))
     assert adapter.reused_index is True
-    assert scores["ndcg_at_10"] == pytest.approx(record["metrics"]["ndcg@10"], abs=1e-4)  # 3 decimals and more
-    assert scores["recall_at_100"] == pytest.approx(record["metrics"]["recall@100"], abs=1e-4)
+    assert scores["ndcg_at_10"] == pytest.approx(record.metrics["ndcg@10"], abs=1e-4)  # 3 decimals and more
+    assert scores["recall_at_100"] == pytest.approx(record.metrics["recall@100"], abs=1e-4)
     assert scores["ndcg_at_10"] == pytest.approx(0.6451, abs=0.01)  # MTEB's all-MiniLM-L6-v2 figure

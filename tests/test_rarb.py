@@ -142,15 +142,15 @@ def test_tie_credit_counts_distinct_texts():
 def test_encoder_accuracy_and_tie_rule(colours):
     encoder = WordCountEncoder()
     record = evaluate_mcr(encoder, colours, instruction=False)
-    assert record["metrics"]["accuracy"] == pytest.approx(np.mean([c[3] for c in COLOURS]))  # 0.625
-    assert record["metrics"]["accuracy_argmax"] == pytest.approx(np.mean([c[4] for c in COLOURS]))  # 0.5
-    assert record["tied_queries"] == 1
-    assert record["dataset"] == "colours-test" and record["num_queries"] == 4 and record["num_candidates"] == 2
-    assert {k: record[k] for k in ("task", "split", "main_metric", "instruction", "label")} == {
+    assert record.metrics["accuracy"] == pytest.approx(np.mean([c[3] for c in COLOURS]))  # 0.625
+    assert record.metrics["accuracy_argmax"] == pytest.approx(np.mean([c[4] for c in COLOURS]))  # 0.5
+    assert record.details["tied_queries"] == 1
+    assert record.dataset == "colours" and record.num_queries == 4 and record.details["num_candidates"] == 2
+    assert {**{k: getattr(record, k) for k in ("task", "split", "main_metric", "label")}, "instruction": record.details["instruction"]} == {
         "task": "RAR-b MCR", "split": "test", "main_metric": "accuracy", "instruction": False,
         "label": "dense-WordCountEncoder",
     }
-    assert record["retriever"] == {"kind": "dense", "encoder": "WordCountEncoder", "similarity": "cos"}
+    assert record.retriever == {"kind": "dense", "encoder": "WordCountEncoder", "similarity": "cos"}
 
 
 def test_instruction_reaches_the_query_only_and_candidates_are_encoded_once(colours):
@@ -161,10 +161,10 @@ def test_instruction_reaches_the_query_only_and_candidates_are_encoded_once(colo
     assert encoder.documents == ["blue", "red"]  # the pool once, shared by both settings, no instruction
     assert encoder.queries[4:] == [f"Pick blue. {c[0]}" for c in COLOURS]
     # "Pick blue." pulls every query toward "blue": "red" queries now tie red/blue (1/2 each), "green" finds blue
-    assert without["metrics"]["accuracy"] == 0.625
-    assert with_inst["metrics"] == pytest.approx({"accuracy": (0.5 + 1 + 0.5 + 0) / 4, "accuracy_argmax": 0.25})
-    assert with_inst["tied_queries"] == 2
-    assert with_inst["instruction"] is True and with_inst["query_template"] == "{instruction} {query}"
+    assert without.metrics["accuracy"] == 0.625
+    assert with_inst.metrics == pytest.approx({"accuracy": (0.5 + 1 + 0.5 + 0) / 4, "accuracy_argmax": 0.25})
+    assert with_inst.details["tied_queries"] == 2
+    assert with_inst.details["instruction"] is True and with_inst.details["query_template"] == "{instruction} {query}"
 
 
 def test_dot_similarity_and_scorer_resolution():
@@ -197,9 +197,9 @@ def kitchen(tmp_path_factory):
 def test_bm25_scores_the_pool_and_splits_ties(kitchen, depth):
     scorer = RetrieverScorer(build_retriever("bm25"), depth=depth)  # depth 1 forces the full-pool re-search
     record = evaluate_mcr(scorer, kitchen, instruction=False)
-    assert record["metrics"]["accuracy"] == pytest.approx(np.mean([k[3] for k in KITCHEN]))  # 11/24
-    assert record["metrics"]["accuracy_argmax"] == pytest.approx(np.mean([k[4] for k in KITCHEN]))  # 0.5
-    assert record["tied_queries"] == 2 and record["label"] == "bm25" and record["num_candidates"] == 3
+    assert record.metrics["accuracy"] == pytest.approx(np.mean([k[3] for k in KITCHEN]))  # 11/24
+    assert record.metrics["accuracy_argmax"] == pytest.approx(np.mean([k[4] for k in KITCHEN]))  # 0.5
+    assert record.details["tied_queries"] == 2 and record.label == "bm25" and record.details["num_candidates"] == 3
     assert scorer.retriever.doc_count == 3  # indexed on the distinct candidate texts
 
 
@@ -207,7 +207,7 @@ def test_format_table_has_a_column_per_setting(kitchen):
     records = evaluate_mcr_sets(WordCountEncoder(), [kitchen])
     table = format_mcr_table(records)
     assert "| set | queries | dense-WordCountEncoder w/o inst | dense-WordCountEncoder w/ inst |" in table
-    assert "| kitchen-test | 4 |" in table and "| mean |" in table
+    assert "| kitchen | 4 |" in table and "| mean |" in table
 
 
 # ------------------------------------------------------------------ real data
@@ -231,15 +231,15 @@ def test_bm25_on_real_slices():
     scorer = mcr_scorer("bm25")
     arc = evaluate_mcr(scorer, "ARC-Challenge", instruction=False, limit=50)
     temp = evaluate_mcr(scorer, "TempReason-l2-pure", instruction=True, limit=50)
-    assert arc["metrics"]["accuracy"] == pytest.approx(0.115, abs=1e-9)
-    assert temp["metrics"] == pytest.approx({"accuracy": 0.2, "accuracy_argmax": 0.86})
+    assert arc.metrics["accuracy"] == pytest.approx(0.115, abs=1e-9)
+    assert temp.metrics == pytest.approx({"accuracy": 0.2, "accuracy_argmax": 0.86})
 
 
 def test_minilm_on_a_real_slice():
     shared("rar-b-mcr")
     record = evaluate_mcr("dense:model=minilm", "ARC-Challenge", instruction=False, limit=50)
-    assert record["label"] == "dense-minilm" and record["retriever"]["model"] == "minilm"
-    assert record["metrics"]["accuracy"] == pytest.approx(0.22, abs=1e-9)
+    assert record.label == "dense-minilm" and record.retriever["model"] == "minilm"
+    assert record.metrics["accuracy"] == pytest.approx(0.22, abs=1e-9)
 
 
 # full runs: the numbers in docs/rarb.md (python -m eval.rarb --scorer bm25 --scorer dense:model=minilm)
@@ -264,5 +264,5 @@ FULL = {
 def test_full_sets_match_the_documented_numbers(spec):
     shared("rar-b-mcr")
     records = evaluate_mcr_sets(spec)
-    got = {(r["dataset"], r["instruction"]): r["metrics"]["accuracy"] for r in records}
+    got = {(r.dataset, r.details["instruction"]): r.metrics["accuracy"] for r in records}
     assert got == pytest.approx(FULL[spec], abs=6e-5)  # the docs round to 4 places

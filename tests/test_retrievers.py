@@ -128,13 +128,15 @@ def test_wrong_kind_and_unbuilt(built):
 
 def test_hybrid_from_saved_members_does_not_reindex(built, tiny_beir_session):
     hybrid = parse_spec(f"{built['bm25'][1]}+{built['dense'][1]}")
-    assert hybrid.doc_count == 8
+    assert hybrid.doc_count == 8 and hybrid.build_seconds == 0.0  # nothing was built, whatever the members once cost
     hybrid.index(load_corpus(tiny_beir_session))  # members already hold this corpus: kept as they are
     assert [m.path for m in hybrid.members] == [current_folder(built["bm25"][1]), current_folder(built["dense"][1])]
+    assert hybrid.build_seconds < min(m.build_seconds for m in hybrid.members)
     assert hybrid.search_one("what causes scurvy", k=1)[0].doc_id == "d2"
     other = Corpus([Doc(d.id, d.title, d.text + " extra") for d in load_corpus(tiny_beir_session)])
     hybrid.index(other)  # the same ids and count but other texts: every member is rebuilt
     assert [m.path for m in hybrid.members] == [None, None] and hybrid.members[0].holds(other)
+    assert hybrid.build_seconds >= max(m.build_seconds for m in hybrid.members)  # the time of what it built
 
 
 def test_spec_parsing():

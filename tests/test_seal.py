@@ -303,8 +303,8 @@ def test_seal_through_the_runner_and_mteb(tiny_seal, tiny_beir_session, tmp_path
         scores = mteb_scores(MtebRetriever(tiny_seal), local_retrieval_task(tiny_beir_session))
     finally:
         tiny_seal.set_search_options(use_index_frequency=True)
-    assert record["metrics"]["ndcg@10"] > 0
-    assert record["metrics"]["ndcg@10"] == pytest.approx(scores["ndcg_at_10"], abs=1e-4)
+    assert record.metrics["ndcg@10"] > 0
+    assert record.metrics["ndcg@10"] == pytest.approx(scores["ndcg_at_10"], abs=1e-4)
 
 
 def test_a_corpus_without_titles_indexes_bodies_only(keymodel):

@@ -125,19 +125,19 @@ def test_correlations_pinned_on_a_hand_worked_case(tmp_path):
     rows = [("east", "east2", "4.5"), ("east", "sixty", "3"), ("east", "north", "2"), ("east", "west", "0.5")]
     folder = write_stsb(tmp_path / "hand", [["g", "f", "2017", f"{i:04d}", score, a, b] for i, (a, b, score) in enumerate(rows)])
     record = evaluate_sts(TableEncoder(angle), "stsbenchmark", "test", folder=folder)
-    assert record["metrics"]["cosine_spearman"] == pytest.approx(1.0)
-    assert record["metrics"]["cosine_pearson"] == pytest.approx(0.98561, abs=1e-5)
-    assert record["num_queries"] == 4
+    assert record.metrics["cosine_spearman"] == pytest.approx(1.0)
+    assert record.metrics["cosine_pearson"] == pytest.approx(0.98561, abs=1e-5)
+    assert record.num_queries == 4
 
 
 def test_record_has_the_runner_shape():
     record = evaluate_sts(HashEncoder(), "stsbenchmark", "test", folder=shared("stsbenchmark"), limit=50)
-    assert {"task", "dataset", "split", "retriever", "label", "metrics", "main_metric", "num_queries", "date"} <= set(record)
-    assert (record["task"], record["dataset"], record["split"], record["num_queries"]) == ("STSBenchmark", "stsbenchmark", "test", 50)
-    assert record["retriever"] == {"kind": "encoder", "model": "hash-bow", "dim": 32}
-    assert record["label"] == "encoder-hash-bow"
-    assert record["main_metric"] == "cosine_spearman" and set(record["metrics"]) == {"cosine_spearman", "cosine_pearson"}
-    assert -1.0 <= record["metrics"]["cosine_spearman"] <= 1.0
+    assert record.family == "STS" and record.schema_version == 1 and record.date
+    assert (record.task, record.dataset, record.split, record.num_queries) == ("STSBenchmark", "stsbenchmark", "test", 50)
+    assert record.retriever == {"kind": "encoder", "model": "hash-bow", "dim": 32}
+    assert record.label == "encoder-hash-bow"
+    assert record.main_metric == "cosine_spearman" and set(record.metrics) == {"cosine_spearman", "cosine_pearson"}
+    assert -1.0 <= record.metrics["cosine_spearman"] <= 1.0
 
 
 @pytest.mark.parametrize("name, split", [("stsbenchmark", "test"), ("sick", "all")])
@@ -146,7 +146,7 @@ def test_agrees_with_mteb_on_a_slice(name, split):
     from eval.mteb_tasks import local_sts_task
 
     encoder, folder = HashEncoder(), shared(name)
-    ours = evaluate_sts(encoder, name, split, folder=folder, limit=60)["metrics"]
+    ours = evaluate_sts(encoder, name, split, folder=folder, limit=60).metrics
     theirs = mteb_scores(MtebEncoder(encoder), local_sts_task(name, split, folder, limit=60))
     assert theirs["main_score"] == theirs["cosine_spearman"]
     assert ours["cosine_spearman"] == pytest.approx(theirs["cosine_spearman"], abs=1e-4)
@@ -174,7 +174,7 @@ def test_minilm_reaches_mteb_published_figure_and_mteb_agrees(minilm, name, spli
     ours = evaluate_sts(minilm, name, split, folder=shared(name))
     theirs = mteb_scores(minilm, local_sts_task(name, split, shared(name)))
     print(f"\n{name} {split}: dengen {ours['metrics']} mteb spearman {theirs['cosine_spearman']:.5f} pearson {theirs['cosine_pearson']:.5f}")
-    assert ours["num_queries"] == {"stsbenchmark": 1379, "sick": 9927}[name]
-    assert ours["metrics"]["cosine_spearman"] == pytest.approx(published, abs=0.01)
-    assert ours["metrics"]["cosine_spearman"] == pytest.approx(theirs["cosine_spearman"], abs=1e-3)
-    assert ours["metrics"]["cosine_pearson"] == pytest.approx(theirs["cosine_pearson"], abs=1e-3)
+    assert ours.num_queries == {"stsbenchmark": 1379, "sick": 9927}[name]
+    assert ours.metrics["cosine_spearman"] == pytest.approx(published, abs=0.01)
+    assert ours.metrics["cosine_spearman"] == pytest.approx(theirs["cosine_spearman"], abs=1e-3)
+    assert ours.metrics["cosine_pearson"] == pytest.approx(theirs["cosine_pearson"], abs=1e-3)

@@ -7,7 +7,8 @@ import pytest
 from conftest import REPO, TINY_DOCS, shared, write_beir
 from test_rarb import write_mcr
 
-from eval.report import column_name, load_records, markdown_table
+from eval.record import read_results
+from eval.report import markdown_table
 from eval.suite import QMSUM_CHUNKS, run_suite
 
 # long enough that QMSum's 150-word windows split them: the relevant words sit in the second window
@@ -33,21 +34,21 @@ def test_default_suite_runs_every_offline_task_for_bm25(tmp_path, capsys):
     assert "skip sts: bm25 has no text encoder" in said and "skip kilt:" in said
     assert "skip LIMIT (limit):" in said and "skip RAR-b alphanli:" in said  # absent from this root
 
-    assert {r["label"] for r in records} == {"bm25"}  # one report row, whatever each task scored with
-    columns = [column_name(r) for r in records]
+    assert {r.label for r in records} == {"bm25"}  # one report row, whatever each task scored with
+    columns = [r.column for r in records]
     window = f"{QMSUM_CHUNKS['window']}x{QMSUM_CHUNKS['stride']}w"
     assert columns == ["scifact", "limit-small", "ARC-Challenge [no instr]", "ARC-Challenge [instr]",
                        "QMSum [full]", f"QMSum [chunk {window}]", "scifact [mteb]"]
     by_column = dict(zip(columns, records))
-    assert by_column["scifact"]["metrics"]["ndcg@10"] > 0.9  # every tiny query has one obvious answer
-    assert by_column[f"QMSum [chunk {window}]"]["long_doc"]["chunks"] == 2 * len(LONG_DOCS)
-    assert by_column["ARC-Challenge [no instr]"]["metrics"]["accuracy"] == 1.0
-    assert by_column["limit-small"]["main_metric"] == "recall@2"
-    assert by_column["scifact [mteb]"]["metrics"]["ndcg@10"] == pytest.approx(by_column["scifact"]["metrics"]["ndcg@10"], abs=1e-3)
+    assert by_column["scifact"].metrics["ndcg@10"] > 0.9  # every tiny query has one obvious answer
+    assert by_column[f"QMSum [chunk {window}]"].details["long_doc"]["chunks"] == 2 * len(LONG_DOCS)
+    assert by_column["ARC-Challenge [no instr]"].metrics["accuracy"] == 1.0
+    assert by_column["limit-small"].main_metric == "recall@2"
+    assert by_column["scifact [mteb]"].metrics["ndcg@10"] == pytest.approx(by_column["scifact"].metrics["ndcg@10"], abs=1e-3)
 
-    saved = load_records(out)  # each record is on disk, the report reads them back
-    assert sorted(column_name(r) for r in saved) == sorted(columns)
-    assert all(json.loads(p.read_text())["suite"] == "default" for p in out.glob("*.json"))
+    saved = read_results(out)  # each record is on disk, the report reads them back
+    assert sorted(r.column for r in saved) == sorted(columns)
+    assert all(json.loads(p.read_text())["details"]["suite"] == "default" for p in out.glob("*.json"))
     assert "QMSum [full]" in markdown_table(saved)
 
 
@@ -58,9 +59,9 @@ def test_suite_from_the_cli_with_chosen_tasks_and_name(tmp_path):
     run_python(f"from retrieval.cli import main; main(['eval', '--suite', 'default', '--tasks', 'scifact,qmsum', "
                f"'--retriever', 'bm25:k1=1.2', '--name', 'my-bm25', '--data-root', '{root}', '--out', '{tmp_path / 'r'}'])",
                cwd=REPO)
-    records = load_records(tmp_path / "r")
-    assert {r["label"] for r in records} == {"my-bm25"} and len(records) == 3
-    assert all(r["retriever"].get("k1", r["retriever"].get("inner", {}).get("k1")) == 1.2 for r in records)
+    records = read_results(tmp_path / "r")
+    assert {r.label for r in records} == {"my-bm25"} and len(records) == 3
+    assert all(r.retriever.get("k1", r.retriever.get("inner", {}).get("k1")) == 1.2 for r in records)
 
 
 def test_kilt_task_with_a_knowledge_source(tmp_path):
@@ -75,7 +76,7 @@ def test_kilt_task_with_a_knowledge_source(tmp_path):
     write_kilt(gold, root / "kilt-dev" / "toy-dev-kilt.jsonl")
 
     (kilt,) = run_suite("bm25", tmp_path / "results", data_root=root, tasks=["kilt"])
-    assert (column_name(kilt), kilt["main_metric"], kilt["metrics"]["r-precision"]) == ("toy", "r-precision", 1.0)
+    assert (kilt.column, kilt.main_metric, kilt.metrics["r-precision"]) == ("toy", "r-precision", 1.0)
 
 
 def test_mteb_task_reuses_the_index_the_scifact_task_built(tmp_path, monkeypatch):
@@ -86,4 +87,4 @@ def test_mteb_task_reuses_the_index_the_scifact_task_built(tmp_path, monkeypatch
     monkeypatch.setattr(Retriever, "index", lambda self, corpus: (indexed.append(len(corpus)), original(self, corpus))[1])
     ours, theirs = run_suite("bm25", tmp_path / "results", data_root=data_root(tmp_path), tasks=["scifact", "mteb"])
     assert indexed == [len(TINY_DOCS)]  # once, by the scifact task; mteb searched that same index
-    assert theirs["metrics"]["ndcg@10"] == pytest.approx(ours["metrics"]["ndcg@10"], abs=1e-5)
+    assert theirs.metrics["ndcg@10"] == pytest.approx(ours.metrics["ndcg@10"], abs=1e-5)

@@ -77,12 +77,12 @@ def run_digest(run: dict) -> str:
 def write_records(report: dict, kind: str) -> list[Path]:
     """One leaderboard record per row of a results.json report, in the runner's format, so that
     `dengen report FOLDER` shows the method (rows named `kind...`), its variants and the baselines side by side."""
+    from eval.record import Result, now
     from eval.runner import label, safe_name
     from retrieval.spec import spec_to_config
 
     config = report["config"]
     folder = Path(config["report"])
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for row in report["rows"]:  # a row may name its own dataset and split (UGR: one per granularity)
         dataset, split = row.get("dataset", Path(config["data"]).name), row.get("split", config["test_split"])
@@ -92,15 +92,15 @@ def write_records(report: dict, kind: str) -> list[Path]:
         else:
             described = spec_to_config(row["name"])
             name = label(described)
-        record = {"dataset": dataset, "split": split, "retriever": described, "label": name,
-                  "metrics": row["metrics"], "main_metric": config["main_metric"],
-                  "num_queries": row.get("queries", report["queries"]),
-                  "build_seconds": row.get("build_seconds"), "index_bytes": row.get("index_bytes"),
-                  "latency_ms": {"mean": row["ms_per_query"]} if "ms_per_query" in row else None,
-                  "date": report.get("date", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-                  "source": f"dengen train {kind} (results in {config['out']}/results.json)"}
-        path = folder / f"{dataset}-{split}-{safe_name(name)}.json"
-        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        family = "KILT" if config["main_metric"] == "r-precision" else "LIMIT" if "limit" in dataset else "retrieval"
+        record = Result(task=dataset, family=family, dataset=dataset, split=split, retriever=described, label=name,
+                        metrics=row["metrics"], main_metric=config["main_metric"],
+                        num_queries=row.get("queries", report["queries"]),
+                        build_seconds=row.get("build_seconds"), index_bytes=row.get("index_bytes"),
+                        latency_ms={"mean": row["ms_per_query"]} if "ms_per_query" in row else None,
+                        date=report.get("date") or now(),
+                        details={"source": f"dengen train {kind} (results in {config['out']}/results.json)"})
+        path = record.write(folder, f"{dataset}-{split}-{safe_name(name)}")
         written.append(path)
     return written
 

@@ -1,0 +1,109 @@
+"""`dengen leaderboard run/check`: a YAML board filled cell by cell, cached by key, checked against expectations."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, write_beir
+from test_suite import data_root
+
+from eval.leaderboard import check_board, read_board, run_board
+from retrieval.errors import DataError
+
+BOARD = """\
+title: tiny board
+tolerance: 0.001
+tasks:
+  - scifact
+  - {name: limit, sample: 50}
+  - sts
+rows:
+  - name: BM25
+    retriever: bm25
+    expect:
+      scifact: {ndcg@10: 1.0}
+  - name: BM25 k1=0.5
+    retriever: bm25:k1=0.5
+"""
+
+
+def board_file(tmp_path, text=BOARD):
+    path = tmp_path / "board.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_board_fills_every_cell_keeps_empty_ones_with_reasons_and_reuses_the_cache(tmp_path, capsys):
+    root, out = data_root(tmp_path), tmp_path / "out"
+    board = read_board(board_file(tmp_path))
+    filled = run_board(board, out, root)
+    assert filled.computed == 6
+    assert sorted((r.label, r.column) for r in filled.results) == [
+        ("BM25", "limit-small"), ("BM25", "scifact"), ("BM25 k1=0.5", "limit-small"), ("BM25 k1=0.5", "scifact")]
+    assert {(m["row"], m["task"]) for m in filled.missing} == {("BM25", "sts"), ("BM25 k1=0.5", "sts")}
+    assert "no text encoder" in filled.missing[0]["reason"]
+    assert {r.num_queries for r in filled.results if r.family == "LIMIT"} == {50}  # the seeded sample
+    assert check_board(board, filled) == []
+
+    again = run_board(board, out, root)  # nothing changed: every cell from the cache
+    assert again.computed == 0 and again.results == filled.results and again.missing == filled.missing
+
+    board.rows[0].expect["scifact"]["ndcg@10"] = 0.9  # a wrong expectation fails the check, naming the cell
+    assert check_board(board, again) == ["BM25 / scifact / ndcg@10: 1.0000, expected 0.9 ± 0.001"]
+
+    write_beir(root / "scifact", queries={"q1": "vitamin C deficiency scurvy"}, qrels={"q1": {"d2": 1}})  # new data
+    third = run_board(read_board(board_file(tmp_path, BOARD + "  - name: BM25 k1=2\n    retriever: bm25:k1=2\n")), out, root)
+    assert third.computed == 2 + 3  # scifact for the two old rows, every cell of the new row
+    assert {r.num_queries for r in third.results if r.dataset == "scifact"} == {1}
+
+
+def test_a_failing_cell_never_stops_the_board_and_is_retried(tmp_path, capsys):
+    from retrieval import build_retriever
+    from retrieval.data import load_dataset
+
+    root = data_root(tmp_path)
+    saved = tmp_path / "limit-index"
+    retriever = build_retriever("bm25")
+    retriever.index(load_dataset(root / "limit-small").corpus)
+    retriever.save(saved)
+    text = BOARD.replace("  - name: BM25 k1=0.5\n    retriever: bm25:k1=0.5\n", f"  - name: saved\n    retriever: {saved}\n")
+    filled = run_board(read_board(board_file(tmp_path, text)), tmp_path / "out", root)
+    reasons = {m["task"]: m["reason"] for m in filled.missing if m["row"] == "saved"}
+    assert "ValueError: the index holds 46 documents; scifact has" in reasons["scifact"]  # built on another corpus
+    assert any(r.label == "saved" and r.dataset == "limit-small" for r in filled.results)  # its own corpus scored
+    capsys.readouterr()
+    again = run_board(read_board(board_file(tmp_path, text)), tmp_path / "out", root)
+    said = capsys.readouterr().out
+    assert again.computed == 0 and "[saved] scifact ..." in said and "[BM25] scifact ..." not in said  # only the failure ran
+    assert [m["row"] for m in again.missing if "ValueError" in m["reason"]] == ["saved"]
+
+
+@pytest.mark.parametrize("text, where", [
+    ("tasks: [scifact]\nrows:\n  - {name: a}\n", "line 3, field 'retriever': required"),
+    ("tasks: [nope]\nrows:\n  - {name: a, retriever: bm25}\n", "field 'name': unknown task 'nope'"),
+    ("tasks: [scifact]\nrows:\n  - name: a\n    retriever: bm25\n    expct: {}\n", "line 3, field 'expct': unknown row key"),
+    ("tasks: [scifact]\nrows:\n  - name: a\n    retriever: bm25\n    expect: {scifact: {ndcg@10: high}}\n",
+     "field 'scifact.ndcg@10': expected a number"),
+    ("tasks: [{name: limit, sample: 0}]\nrows:\n  - {name: a, retriever: bm25}\n", "line 1, field 'sample'"),
+    ("tasks: [scifact]\nrows:\n  - {name: a, retriever: bm25}\n  - {name: a, retriever: bm25}\n", "line 4, field 'name': row names"),
+    ("tasks: [scifact\n", "not valid YAML"),
+])
+def test_bad_boards_name_the_file_line_and_field(tmp_path, text, where):
+    path = board_file(tmp_path, text)
+    with pytest.raises(DataError) as err:
+        read_board(path)
+    assert str(err.value).startswith(str(path)) and where in str(err.value)
+
+
+def test_cli_check_fails_with_exit_2_on_a_score_outside_its_tolerance(tmp_path):
+    root = data_root(tmp_path)
+    path = board_file(tmp_path, BOARD.replace("ndcg@10: 1.0", "ndcg@10: 0.5"))
+    code = (f"from retrieval.cli import main; main(['leaderboard', 'check', '{path}', '--out', '{tmp_path / 'out'}', "
+            f"'--data-root', '{root}'])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2
+    assert "FAIL BM25 / scifact / ndcg@10: 1.0000, expected 0.5 ± 0.001" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"dengen: error: {path}: 1 expected score(s) not reproduced")
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert {row["label"] for row in report["rows"]} == {"BM25", "BM25 k1=0.5"} and len(report["missing"]) == 2
