@@ -26,6 +26,7 @@ from retrieval.run import Hit, Run
 # kind -> "module:Class"; imported only when used so `dengen --help` stays instant
 RETRIEVERS = {
     "bm25": "retrieval.sparse.bm25:BM25Retriever",
+    "splade": "retrieval.sparse.splade:SpladeRetriever",
     "dense": "retrieval.dense.retriever:DenseRetriever",
     "hybrid": "retrieval.hybrid:HybridRetriever",
     "chunked": "retrieval.longdoc:ChunkedRetriever",
