@@ -41,7 +41,7 @@ from indexes.manifest import atomic_write
 from retrieval.errors import DataError
 
 BOARD_KEYS = {"title", "tolerance", "tasks", "rows"}
-ROW_KEYS = {"name", "retriever", "recipe", "expect", "tolerance"}
+ROW_KEYS = {"name", "retriever", "recipe", "expect", "tolerance", "tasks"}
 TASK_KEYS = {"name", "sample"}
 HASH_CHUNK = 1 << 20
 
@@ -63,6 +63,7 @@ class Row:
     recipe: dict | None = None  # {"method": ..., "config": ...}: the recipe that makes the row's model
     expect: dict = field(default_factory=dict)  # column -> {metric: expected score}
     tolerance: float | None = None
+    tasks: list[str] | None = None  # the board tasks this row runs (default all): SitEmb on chunk-level tasks only
     line: int | None = None  # where the row starts in the board file
 
 
@@ -164,8 +165,13 @@ def read_board(path: str | Path) -> Board:
             for metric, value in metrics.items():
                 _number(value, path, expect.get("__line__", line), f"{column}.{metric}")
         row_tolerance = entry.get("tolerance")
+        row_tasks = entry.get("tasks")
+        if row_tasks is not None and (not isinstance(row_tasks, list) or not set(row_tasks) <= {t.name for t in tasks}):
+            raise DataError(path, line, "tasks", f"expected a list of the board's tasks ({', '.join(t.name for t in tasks)}), "
+                                                 f"got {row_tasks!r}")
         rows.append(Row(entry["name"], _plain(entry["retriever"]), _plain(recipe), _plain(expect),
-                        None if row_tolerance is None else _number(row_tolerance, path, line, "tolerance"), line))
+                        None if row_tolerance is None else _number(row_tolerance, path, line, "tolerance"),
+                        row_tasks, line))
     return Board(path, str(data.get("title", path.stem)), tasks, rows, tolerance)
 
 
@@ -331,9 +337,9 @@ def _profile(retriever) -> dict:
 
 
 def run_board(board: Board, out: str | Path, data_root: str | Path | None = None, *, train: bool = True,
-              cached: bool = True) -> Filled:
+              cached: bool = True, only: set[str] | None = None) -> Filled:
     """Fill every cell of `board` not already in `out` with the same key (every cell when not `cached`);
-    write each as it finishes."""
+    write each as it finishes. With `only`, rows not named there are read from the cache, never computed."""
     from eval.suite import TASKS, Skip, SuiteRun, retrieval_task
     from retrieval.data import shared_data
 
@@ -342,9 +348,16 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
     for row in board.rows:
         ctx = None
         for task in board.tasks:
+            if row.tasks is not None and task.name not in row.tasks:
+                missing.append({"row": row.name, "task": task.key, "reason": "not run for this row (its tasks: "
+                                f"{', '.join(row.tasks)})"})
+                continue
             key = cell_key(row, task, root)
             path = _cell_path(out, row, task)
             cell = _read_cell(path, key) if cached else None
+            if cell is None and only is not None and row.name not in only:
+                missing.append({"row": row.name, "task": task.key, "reason": "not computed yet"})
+                continue
             if cell is None:
                 if ctx is None:
                     if train:

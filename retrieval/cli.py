@@ -198,7 +198,11 @@ def cmd_leaderboard(args) -> None:
         if not Path(folder).is_dir():
             raise DataError(folder, None, None, "--data: no such BEIR folder")
         board.tasks.append(Task(f"beir:{folder}"))
-    filled = run_board(board, args.out, args.data_root, train=not args.no_train, cached=args.action == "run")
+    only = set(args.row) if args.row else None
+    unknown = sorted(only - {row.name for row in board.rows}) if only else []
+    if unknown:
+        raise SpecError(f"--row: {', '.join(map(repr, unknown))} not in {args.board}")
+    filled = run_board(board, args.out, args.data_root, train=not args.no_train, cached=args.action == "run", only=only)
     print(f"{filled.computed} cell(s) computed, {len(filled.results)} result(s), {len(filled.missing)} cell(s) empty")
     if filled.results:
         page = write_report(filled.results, Path(args.out) / "report", title=board.title, missing=filled.missing,
@@ -322,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--data", action="append", help="also score every row on this BEIR folder (repeatable)")
     board.add_argument("--data-root", help="the shared data folder (default $DENGEN_SHARED_DATA or ../shared/data)")
     board.add_argument("--no-train", action="store_true", help="never run a row's recipe (its cells fail instead)")
+    board.add_argument("--row", action="append", help="compute only this row (repeatable); the others come from the cache")
     board.add_argument("--screenshot", help="also render the report in headless Chromium to this PNG")
     board.add_argument("--window", default="1400x2400", help="screenshot size, WIDTHxHEIGHT pixels")
     board.set_defaults(func=cmd_leaderboard)

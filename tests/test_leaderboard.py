@@ -107,3 +107,39 @@ def test_cli_check_fails_with_exit_2_on_a_score_outside_its_tolerance(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith(f"dengen: error: {path}: 1 expected score(s) not reproduced")
     report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
     assert {row["label"] for row in report["rows"]} == {"BM25", "BM25 k1=0.5"} and len(report["missing"]) == 2
+
+
+def test_shipped_boards_parse_and_name_existing_recipes(monkeypatch):
+    from retrieval.spec import parse_spec
+
+    monkeypatch.chdir(REPO)  # a board's paths are relative to the repository root
+
+    boards = sorted((REPO / "eval" / "leaderboards").glob("*.yaml"))
+    assert {p.name for p in boards} >= {"default.yaml", "smoke.yaml"}
+    for path in boards:
+        for row in read_board(path).rows:  # read_board refuses a recipe whose config file is missing
+            assert parse_spec(row.retriever).kind  # every spec names a known kind with valid options
+
+
+@pytest.mark.slow
+def test_smoke_board_reproduces_its_expected_scores(tmp_path):
+    """`dengen leaderboard check` on real data: BM25 (Anserini's SciFact 0.6789) and SPLADE rows."""
+    done = subprocess.run([sys.executable, "-m", "retrieval.cli", "leaderboard", "check", "eval/leaderboards/smoke.yaml",
+                           "--out", str(tmp_path / "board")], cwd=REPO, capture_output=True, text=True, timeout=3000)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "every expected score reproduced" in done.stdout
+    report = json.loads((tmp_path / "board" / "report" / "report.json").read_text())
+    assert [row["label"] for row in report["rows"]] == ["BM25", "SPLADE (splade-tiny)"]
+
+
+def test_rows_limited_to_some_tasks_and_runs_limited_to_some_rows(tmp_path):
+    root, out = data_root(tmp_path), tmp_path / "out"
+    text = BOARD.replace("    retriever: bm25:k1=0.5\n", "    retriever: bm25:k1=0.5\n    tasks: [scifact]\n")
+    board = read_board(board_file(tmp_path, text))
+    first = run_board(board, out, root, only={"BM25 k1=0.5"})  # the other row is neither computed nor cached
+    assert first.computed == 1 and [(r.label, r.column) for r in first.results] == [("BM25 k1=0.5", "scifact")]
+    reasons = {(m["row"], m["task"]): m["reason"] for m in first.missing}
+    assert reasons[("BM25 k1=0.5", "limit@50")] == "not run for this row (its tasks: scifact)"
+    assert reasons[("BM25", "scifact")] == "not computed yet"
+    with pytest.raises(DataError, match="field 'tasks': expected a list of the board's tasks"):
+        read_board(board_file(tmp_path, text.replace("tasks: [scifact]", "tasks: [qmsum]")))
