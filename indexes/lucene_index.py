@@ -12,6 +12,11 @@ Four things must happen before pyserini starts the JVM, all done by `ensure_jvm(
 
 Every call into Java goes through `_JAVA_LOCK`: pyjnius is not safe for concurrent Python threads (see
 the comment there). Lucene's own parallelism (batch search threads, indexing threads) is unaffected.
+
+Anserini's classes are reached through `pyserini.pyclass` (the class path and pyjnius) rather than
+pyserini's Python wrappers: importing `pyserini.search.lucene` pulls in its neural encoders with torch,
+transformers, sklearn, onnxruntime and pandas (4.5 s and ~560 MiB before the first BM25 query), and
+`pyserini.index.lucene` pandas; `SimpleIndexer` and `SimpleSearcher` are what those wrappers call.
 """
 from __future__ import annotations
 
@@ -62,6 +67,15 @@ def ensure_jvm() -> None:
     _jvm_ready = True
 
 
+def anserini(name: str):
+    """An Anserini (or Java) class by its full name, the JVM started with pyserini's jars on the class path."""
+    ensure_jvm()
+    from pyserini.pyclass import autoclass
+
+    quiet_java_logs()
+    return autoclass(name)
+
+
 def quiet_java_logs() -> None:
     """Anserini's INFO lines (log4j) and Lucene's (java.util.logging) to WARN: they flood every run.
     Call after pyserini is imported, since that starts the JVM with its class path."""
@@ -87,26 +101,24 @@ def build_lucene_index(
 ) -> None:
     """Index `docs` ({"id", "contents", ...extra_fields}) into a new Lucene index at `folder`, with
     Anserini's default English analyzer (Porter stemming, stopwords removed), as its BEIR indexes use."""
-    ensure_jvm()
     args = ["-index", str(folder)]
     if extra_fields:
         args += ["-fields", *extra_fields]
+    # what pyserini's LuceneIndexer(args=..., threads=...) passes to Anserini's SimpleIndexer
+    args += ["-input", "", "-collection", "JsonCollection", "-threads", str(threads)]
     with _JAVA_LOCK:
-        from pyserini.index.lucene import LuceneIndexer
-
-        quiet_java_logs()
-        indexer = LuceneIndexer(args=args, threads=threads)
+        indexer = anserini("io.anserini.index.SimpleIndexer")(args)
     try:
         batch: list[str] = []
         for doc in docs:
             batch.append(json.dumps(doc, ensure_ascii=False))
             if len(batch) >= batch_size:
                 with _JAVA_LOCK:
-                    indexer.add_batch_raw(batch)
+                    indexer.addRawDocuments(batch)
                 batch = []
         with _JAVA_LOCK:
             if batch:
-                indexer.add_batch_raw(batch)
+                indexer.addRawDocuments(batch)
             indexer.close()
     except BaseException:  # Ctrl-C, a bad document: nothing may go on writing into a folder about to be removed
         _rollback(indexer)
@@ -117,24 +129,34 @@ def _rollback(indexer) -> None:
     """Close the Lucene IndexWriter without committing, stopping its merge threads. Anserini's SimpleIndexer
     offers only close(), which commits its 2 GB buffer first; pyjnius reaches the private `writer` field."""
     with _JAVA_LOCK:
-        indexer.object.writer.rollback()
+        indexer.writer.rollback()
 
 
 class LuceneBM25:
     """BM25 search over a Lucene index folder (which Lucene memory-maps itself)."""
 
     def __init__(self, folder: str | Path, k1: float = 0.9, b: float = 0.4, fields: dict[str, float] | None = None):
-        ensure_jvm()
         with _JAVA_LOCK:
-            from pyserini.search.lucene import LuceneSearcher  # first: it sets the class path the JVM starts with
-
-            from jnius import autoclass
-
-            quiet_java_logs()
-            autoclass("org.apache.lucene.search.IndexSearcher").setMaxClauseCount(MAX_CLAUSES)  # JVM-wide
-            self.searcher = LuceneSearcher(str(folder))
-            self.searcher.set_bm25(k1, b)
+            anserini("org.apache.lucene.search.IndexSearcher").setMaxClauseCount(MAX_CLAUSES)  # JVM-wide
+            self.searcher = anserini("io.anserini.search.SimpleSearcher")(str(folder))
+            self.searcher.set_bm25(float(k1), float(b))
+            self._fields = anserini("java.util.HashMap")()
+            for field, boost in (fields or {}).items():
+                self._fields.put(field, anserini("java.lang.Float")(boost))
         self.fields = fields or {}
+
+    def _batch(self, queries: list[str], qids: list[str], k: int, threads: int) -> dict:
+        """pyserini's LuceneSearcher.batch_search: SimpleSearcher's batch search (per field when weighted)."""
+        array_list = anserini("java.util.ArrayList")
+        texts, ids = array_list(), array_list()
+        for text, qid in zip(queries, qids):
+            texts.add(text)
+            ids.add(qid)
+        if self.fields:
+            results = self.searcher.batch_search_fields(texts, ids, int(k), int(threads), self._fields)
+        else:
+            results = self.searcher.batch_search(texts, ids, int(k), int(threads))
+        return {entry.getKey(): entry.getValue() for entry in results.entrySet().toArray()}
 
     def search(self, queries: dict[str, str], k: int, threads: int = 1) -> dict[str, dict[str, float]]:
         """Top-k {doc_id: score} per query. A query Lucene fails on (Anserini's batch search then fails
@@ -144,9 +166,7 @@ class LuceneBM25:
         qids = list(queries)
         with _JAVA_LOCK:
             try:
-                results = self.searcher.batch_search(
-                    [queries[q] for q in qids], qids, k=k, threads=threads, fields=self.fields
-                )
+                results = self._batch([queries[q] for q in qids], qids, k, threads)
                 return {qid: self._scores(results.get(qid, [])) for qid in qids}
             except JavaException:  # one query failed and took the batch with it: search one by one
                 return {qid: self._search_one(qid, queries[qid], k) for qid in qids}
@@ -155,7 +175,8 @@ class LuceneBM25:
         from jnius import JavaException
 
         try:
-            return self._scores(self.searcher.search(query, k, fields=self.fields))
+            hits = self.searcher.search_fields(query, self._fields, int(k)) if self.fields else self.searcher.search(query, int(k))
+            return self._scores(hits)
         except JavaException as err:
             warnings.warn(f"BM25 query {qid!r} failed in Lucene and gets no hits: {err}", stacklevel=3)
             return {}
@@ -166,4 +187,4 @@ class LuceneBM25:
 
     @property
     def num_docs(self) -> int:
-        return self.searcher.num_docs
+        return self.searcher.get_total_num_docs()

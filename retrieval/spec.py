@@ -5,7 +5,7 @@
     dense:model=minilm,index=HNSW32,search_params.efSearch=128
     bm25+dense                            hybrid (RRF) of the members
     runs/bm25+runs/dense@fusion=weighted,weights=0.4;0.6   members may be saved indexes; options after @
-    runs/scifact-minilm                   a saved index folder
+    runs/scifact-minilm                   a saved index folder (a path with a separator, or index:PATH)
     config.yaml / config.json / '{"kind": "bm25"}'          a dict {"kind": ..., options...}
 
 Values are read as YAML scalars (numbers, true/false); `a;b` is a list; `x.y=v` sets {"x": {"y": v}};
@@ -57,7 +57,17 @@ def spec_to_config(spec: str | dict) -> dict | str:
         if "kind" not in spec:
             raise SpecError(f"retriever config {spec!r} has no 'kind'")
         return dict(spec)
+    from retrieval.api import RETRIEVERS
+
     spec = spec.strip()
+    if spec.startswith("index:"):
+        path = spec[len("index:"):]
+        if not is_saved_index(path):
+            raise SpecError(f"{spec}: no {MANIFEST} at {path!r}, so it is not a saved index")
+        return path
+    if spec in RETRIEVERS and Path(spec).exists():  # a kind name that is also a folder here: never guess
+        raise SpecError(f"{spec!r} is both a retriever kind and a folder in {Path.cwd()}: write {spec}: for a new "
+                        f"{spec} retriever, or ./{spec} (or index:{spec}) for the saved index")
     if is_saved_index(spec):
         return spec
     if spec.startswith("{"):
@@ -74,8 +84,8 @@ def spec_to_config(spec: str | dict) -> dict | str:
     if "+" in spec:
         members, _, options = spec.partition("@")
         return {"kind": "hybrid", "members": [m.strip() for m in members.split("+")], **_options(options, spec)}
-    kind, _, options = spec.partition(":")
-    if "/" in kind or Path(kind).exists():
+    kind, colon, options = spec.partition(":")
+    if "/" in kind or (not colon and Path(kind).exists()):  # "kind:" always means the kind
         raise SpecError(f"{spec}: no {MANIFEST} there, so it is not a saved index")
     return {"kind": kind, **_options(options, spec)}
 

@@ -189,3 +189,18 @@ def test_bm25_index_and_search_print_no_java_info_lines(tmp_path):
     assert done.stdout.strip().endswith("a")
     java_info = [line for line in (done.stdout + done.stderr).splitlines() if " INFO " in line or line.startswith("INFO:")]
     assert java_info == []  # Anserini's log4j and Lucene's java.util.logging are set to WARN
+
+
+def test_a_kind_name_that_is_also_a_folder_here_is_refused_not_guessed(built, tmp_path, monkeypatch):
+    from retrieval.errors import SpecError
+    from retrieval.spec import spec_to_config
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(built["bm25"][1], tmp_path / "bm25")  # a saved index that happens to be named like the kind
+    with pytest.raises(SpecError, match=r"'bm25' is both a retriever kind and a folder .*write bm25: for a new bm25"):
+        spec_to_config("bm25")
+    assert spec_to_config("bm25:") == {"kind": "bm25"}
+    assert spec_to_config("bm25:k1=1.2") == {"kind": "bm25", "k1": 1.2}
+    assert spec_to_config("./bm25") == "./bm25" and spec_to_config("index:bm25") == "bm25"
+    with pytest.raises(SpecError, match="index:nowhere: no manifest.json"):
+        spec_to_config("index:nowhere")

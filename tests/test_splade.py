@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_QUERIES, tiny_beir  # noqa: F401  (fixture)
+from conftest import TINY_QUERIES
 
 from retrieval import build_retriever, load_retriever
 from retrieval.data import load_dataset
@@ -26,7 +26,7 @@ def test_splade_max_pooling_and_quantisation_on_a_worked_case():
     assert quantised(torch.tensor([[0.004, 0.006]]), ["a", "b"]) == [{"b": 1}]  # rounds to 0: left out
 
 
-def test_index_search_scores_are_quantised_dot_products_and_reload(tiny_beir, tmp_path):  # noqa: F811
+def test_index_search_scores_are_quantised_dot_products_and_reload(tiny_beir, tmp_path):
     dataset = load_dataset(tiny_beir)
     retriever = build_retriever("splade")
     retriever.index(dataset.corpus)

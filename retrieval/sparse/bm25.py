@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -82,6 +83,7 @@ class BM25Retriever(Retriever):
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._lucene_dir: Path | None = None
         self._searcher: LuceneBM25 | None = None
+        self._opening = threading.Lock()  # concurrent first searches open one searcher
 
     def _lucene_docs(self, corpus: Corpus):
         for doc in tqdm(corpus, desc="BM25 indexing", unit="doc", mininterval=1.0):
@@ -104,11 +106,13 @@ class BM25Retriever(Retriever):
         self._workdir = workdir  # removed when the retriever goes away (or at exit)
 
     def _open(self, folder: Path) -> None:
-        fields = {"contents": 1.0, "title": 1.0} if self.config["fields"] == "multifield" else None
-        searcher = LuceneBM25(folder, k1=self.config["k1"], b=self.config["b"], fields=fields)
-        self._lucene_dir, self._searcher = folder, searcher
+        self._lucene_dir, self._searcher = folder, None  # opened by the first search: a build needs no searcher
 
     def _search(self, queries: dict[str, str], k: int) -> dict[str, dict[str, float]]:
+        with self._opening:
+            if self._searcher is None:
+                fields = {"contents": 1.0, "title": 1.0} if self.config["fields"] == "multifield" else None
+                self._searcher = LuceneBM25(self._lucene_dir, k1=self.config["k1"], b=self.config["b"], fields=fields)
         return self._searcher.search(queries, k, threads=self.threads)
 
     def _save_files(self, folder: Path) -> dict:

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from indexes.lucene_index import _JAVA_LOCK, ensure_jvm, quiet_java_logs
+from indexes.lucene_index import _JAVA_LOCK, anserini
 from retrieval.api import Retriever
 from retrieval.data import Corpus
 from retrieval.errors import IndexLoadError, SpecError
@@ -29,10 +29,14 @@ TEMP_PREFIX = "dengen-splade-"
 
 
 def splade_weights(logits, attention_mask):
-    """(batch, vocab) SPLADE-max weights from masked-LM logits (batch, tokens, vocab): padding never counts."""
+    """(batch, vocab) SPLADE-max weights from masked-LM logits (batch, tokens, vocab): padding never counts.
+
+    log(1 + ReLU(x)) never decreases in x, so the max over tokens is taken first and the transform applied to
+    (batch, vocab) only: the same weights, without two passes over the (batch, tokens, vocab) logits."""
     import torch
 
-    return (torch.log1p(torch.relu(logits)) * attention_mask.unsqueeze(-1)).amax(dim=1)
+    top = logits.masked_fill(attention_mask.unsqueeze(-1) == 0, float("-inf")).amax(dim=1)
+    return torch.log1p(torch.relu(top))
 
 
 def quantised(weights, vocab: list[str]) -> list[dict[str, int]]:
@@ -119,14 +123,8 @@ class SpladeRetriever(Retriever):
                 for doc, vector in zip(corpus, vectors):
                     out.write(json.dumps({"id": doc.id, "contents": "", "vector": vector}, ensure_ascii=False) + "\n")
             folder = Path(workdir.name) / "lucene"
-            ensure_jvm()
             with _JAVA_LOCK:
-                from pyserini.search.lucene import LuceneSearcher  # noqa: F401  (sets the class path the JVM starts with)
-
-                from jnius import autoclass
-
-                quiet_java_logs()
-                autoclass("io.anserini.index.IndexCollection").main([
+                anserini("io.anserini.index.IndexCollection").main([
                     "-collection", "JsonVectorCollection", "-input", str(collection), "-index", str(folder),
                     "-generator", "DefaultLuceneDocumentGenerator", "-threads", "1", "-impact", "-pretokenized", "-quiet"])
             shutil.rmtree(collection)
@@ -137,23 +135,15 @@ class SpladeRetriever(Retriever):
         self._workdir = workdir
 
     def _open(self, folder: Path) -> None:
-        ensure_jvm()
         with _JAVA_LOCK:
-            from pyserini.search.lucene import LuceneSearcher  # noqa: F401
-
-            from jnius import autoclass
-
-            quiet_java_logs()
-            self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(folder))
+            self._searcher = anserini("io.anserini.search.SimpleImpactSearcher")(str(folder))
         self._lucene_dir = folder
 
     def _search(self, queries: dict[str, str], k: int) -> dict[str, dict[str, float]]:
         qids = list(queries)
         vectors = self.encoder.encode([queries[q] for q in qids], max_length=self.config["query_length"])
         with _JAVA_LOCK:
-            from jnius import autoclass
-
-            hash_map, array_list, integer = (autoclass(name) for name in ("java.util.HashMap", "java.util.ArrayList",
+            hash_map, array_list, integer = (anserini(name) for name in ("java.util.HashMap", "java.util.ArrayList",
                                                                            "java.lang.Integer"))
             batch, ids = array_list(), array_list()
             for qid, vector in zip(qids, vectors):
