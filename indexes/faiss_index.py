@@ -11,17 +11,21 @@ ADD_BATCH = 65536
 TRAIN_SIZE = 262144  # vectors an IVF/PQ index is trained on when built from a stream (>= 256 per list for 1024 lists)
 
 
-def build_index(vectors: np.ndarray, factory: str = "Flat", metric: str = "ip"):
+BUILD_PARAMS = ("efConstruction",)  # set on the empty index: they shape the graph as vectors are added
+
+
+def build_index(vectors: np.ndarray, factory: str = "Flat", metric: str = "ip", build_params: dict | None = None):
     """A faiss index over `vectors` (n x d float32), trained on them first when the type needs it
-    (IVF, PQ). `metric` is "ip" (inner product; cosine on normalised vectors) or "l2"."""
+    (IVF, PQ). `metric` is "ip" (inner product; cosine on normalised vectors) or "l2"; `build_params` as
+    in `set_build_params`."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = new_index(vectors.shape[1], factory, metric)
+    index = new_index(vectors.shape[1], factory, metric, build_params)
     _train_and_add(index, vectors)
     return index
 
 
 def build_index_streamed(chunks: Iterable[np.ndarray], factory: str = "Flat", metric: str = "ip",
-                         train_size: int = TRAIN_SIZE):
+                         train_size: int = TRAIN_SIZE, build_params: dict | None = None):
     """A faiss index over vectors that arrive in chunks and are dropped once added, so the vectors of a
     corpus larger than memory never need to be held at once. A type that needs training (IVF, PQ) is trained
     on the first `train_size` vectors, gathered in one buffer (the memory bound: train_size x d x 4 bytes),
@@ -30,7 +34,7 @@ def build_index_streamed(chunks: Iterable[np.ndarray], factory: str = "Flat", me
     for chunk in chunks:
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         if index is None:
-            index = new_index(chunk.shape[1], factory, metric)
+            index = new_index(chunk.shape[1], factory, metric, build_params)
         if index.is_trained:
             _train_and_add(index, chunk)
             continue
@@ -50,13 +54,32 @@ def build_index_streamed(chunks: Iterable[np.ndarray], factory: str = "Flat", me
     return index
 
 
-def new_index(dim: int, factory: str, metric: str = "ip"):
+def new_index(dim: int, factory: str, metric: str = "ip", build_params: dict | None = None):
     """An empty faiss index from a factory string, PQ's polysemous training off (see below)."""
     import faiss
 
     index = faiss.index_factory(dim, factory, {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[metric])
     _skip_polysemous_training(index)
+    set_build_params(index, build_params or {})
     return index
+
+
+def set_build_params(index, params: dict) -> None:
+    """Build-time knobs, set before any vector is added: {"efConstruction": 200} for an HNSW graph (the
+    index's own or an IVF index's HNSW quantizer). faiss's ParameterSpace accepts efConstruction at search
+    time too, where it changes nothing: the graph is already built. ValueError for anything else."""
+    import faiss
+
+    for name, value in params.items():
+        if name not in BUILD_PARAMS:
+            raise ValueError(f"{name!r} is not a build parameter (known: {', '.join(BUILD_PARAMS)})")
+        ivf = faiss.try_extract_index_ivf(index)
+        graphs = [part.hnsw for part in (faiss.downcast_index(index), ivf and faiss.downcast_index(ivf.quantizer))
+                  if part is not None and hasattr(part, "hnsw")]
+        if not graphs:
+            raise ValueError(f"{name} needs an HNSW index (e.g. HNSW32, IVF1024_HNSW32,Flat)")
+        for graph in graphs:
+            graph.efConstruction = int(value)
 
 
 def _skip_polysemous_training(index) -> None:
@@ -81,9 +104,14 @@ def _train_and_add(index, vectors: np.ndarray) -> None:
 
 
 def set_search_params(index, params: dict) -> None:
-    """Search-time knobs by faiss name, e.g. {"nprobe": 16} for IVF or {"efSearch": 128} for HNSW."""
+    """Search-time knobs by faiss name, e.g. {"nprobe": 16} for IVF or {"efSearch": 128} for HNSW; a build
+    parameter is refused (ValueError): set after the build it would do nothing."""
     import faiss
 
+    built = [name for name in params if name in BUILD_PARAMS]
+    if built:
+        raise ValueError(f"{', '.join(built)} shapes the index as it is built and does nothing at search time: "
+                         f"give it as build_params.{built[0]}=N")
     space = faiss.ParameterSpace()
     for name, value in params.items():
         space.set_index_parameter(index, name, value)

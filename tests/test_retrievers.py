@@ -204,3 +204,23 @@ def test_a_kind_name_that_is_also_a_folder_here_is_refused_not_guessed(built, tm
     assert spec_to_config("./bm25") == "./bm25" and spec_to_config("index:bm25") == "bm25"
     with pytest.raises(SpecError, match="index:nowhere: no manifest.json"):
         spec_to_config("index:nowhere")
+
+
+def test_efconstruction_is_a_build_option_and_refused_as_a_search_parameter(tiny_beir_session, tmp_path):
+    import faiss
+
+    from retrieval.errors import SpecError
+
+    retriever = build_retriever("dense", index="HNSW8", build_params={"efConstruction": 200},
+                                search_params={"efSearch": 64})
+    retriever.index(load_corpus(tiny_beir_session))
+    graph = faiss.downcast_index(retriever._faiss).hnsw
+    assert (graph.efConstruction, graph.efSearch) == (200, 64)  # set before the vectors went in
+    retriever.save(tmp_path / "hnsw")
+    assert load_retriever(tmp_path / "hnsw").describe()["build_params"] == {"efConstruction": 200}
+    with pytest.raises(SpecError, match="efConstruction shapes the index as it is built and does nothing at search "
+                                        "time: give it as build_params.efConstruction=N"):
+        build_retriever("dense", index="HNSW8", search_params={"efConstruction": 200}).check_index_options()
+    with pytest.raises(SpecError, match="efConstruction needs an HNSW index"):
+        build_retriever("dense", index="Flat", build_params={"efConstruction": 200}).check_index_options()
+    assert "build_params" not in build_retriever("dense").describe()  # absent unless given: labels unchanged

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 from indexes.docstore import read_docids
 from indexes.faiss_index import (
-    build_index, build_index_streamed, join_shards, load_index, new_index, save_index, search_index, set_search_params, shard_bounds,
+    build_index, build_index_streamed, join_shards, load_index, new_index, save_index, search_index, set_build_params,
+    set_search_params, shard_bounds,
     shard_list,
 )
 from indexes.manifest import inside
@@ -34,6 +35,8 @@ class DenseRetriever(Retriever):
             first `dim` dimensions (re-normalised); None keeps the model's own (retrieval.dense.matryoshka2d).
         index: faiss factory string: "Flat" (exact), "HNSW32", "IVF256,Flat", "IVF256,PQ32", ...
         search_params: faiss search-time parameters, e.g. {"efSearch": 128} or {"nprobe": 16}.
+        build_params: faiss build-time parameters, set before vectors are added: {"efConstruction": 200}
+            for an HNSW graph (faiss's default 40).
         batch_size, query_prefix, doc_prefix, max_length: passed to the encoder.
         backend: "torch" (sentence-transformers) or "onnx" (onnxruntime; retrieval.dense.onnx_backend): the
             exported model is cached, and copied into a saved index's `onnx/` folder.
@@ -56,6 +59,7 @@ class DenseRetriever(Retriever):
         model: str = "minilm",
         index: str = "Flat",
         search_params: dict | None = None,
+        build_params: dict | None = None,
         batch_size: int = 32,
         query_prefix: str = "",
         doc_prefix: str = "",
@@ -75,7 +79,7 @@ class DenseRetriever(Retriever):
         super().__init__(
             model=model, index=index, search_params=search_params or {}, batch_size=batch_size,
             query_prefix=query_prefix, doc_prefix=doc_prefix, max_length=max_length,
-            **{k: v for k, v in (("layers", layers), ("dim", dim)) if v is not None},
+            **{k: v for k, v in (("layers", layers), ("dim", dim), ("build_params", build_params)) if v},
             **({"backend": backend, "quantize": quantize} if backend != "torch" else {}),
         )
         self.mmap = mmap
@@ -117,7 +121,8 @@ class DenseRetriever(Retriever):
         if isinstance(corpus, CorpusStream) and engine == "local":
             if shards not in (None, 1):
                 raise SpecError("a streamed corpus is indexed as one faiss index (shards=1)")
-            self._use(build_index_streamed(self._encode_stream(corpus), self.config["index"]), corpus.ids)
+            self._use(build_index_streamed(self._encode_stream(corpus), self.config["index"],
+                                           build_params=self.config.get("build_params")), corpus.ids)
             return
         texts = [doc.full_text for doc in corpus]
         if engine == "ray":
@@ -128,7 +133,8 @@ class DenseRetriever(Retriever):
         else:
             vectors = self.encoder.encode_documents(texts, progress=True)
         bounds = shard_bounds(len(vectors), shards or 1)
-        parts = [build_index(vectors[start:end], self.config["index"]) for start, end in bounds]
+        parts = [build_index(vectors[start:end], self.config["index"], build_params=self.config.get("build_params"))
+                 for start, end in bounds]
         self._use(parts[0] if len(parts) == 1 else join_shards(parts), corpus.ids)
 
     def check_index_options(self, engine: str = "local", **options) -> None:
@@ -138,14 +144,21 @@ class DenseRetriever(Retriever):
         factory, params = self.config["index"], self.config["search_params"]
         if not isinstance(params, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params.values()):
             raise SpecError(f"search_params={params!r}: expected faiss parameters with numbers, e.g. search_params.nprobe=16")
+        built = self.config.get("build_params", {})
+        if not isinstance(built, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in built.values()):
+            raise SpecError(f"build_params={built!r}: expected faiss parameters with integers, e.g. build_params.efConstruction=200")
         dim = self.encoder.dim
         try:
             probe = new_index(dim, str(factory))
         except RuntimeError as err:
             raise SpecError(f"index={factory!r}: not a faiss index for dimension {dim}: {_faiss_reason(err)}") from None
         try:
+            set_build_params(probe, built)
+        except ValueError as err:
+            raise SpecError(f"build_params={built!r} on index={factory!r}: {err}") from None
+        try:
             set_search_params(probe, params)
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:
             raise SpecError(f"search_params={params!r} on index={factory!r}: {_faiss_reason(err)}") from None
 
     def _encode_stream(self, corpus: CorpusStream) -> Iterator[np.ndarray]:
