@@ -66,6 +66,12 @@ def test_the_family_is_read_from_the_config(family_model):
     assert km.leading_space == (family == "llama")  # byte-level BPE spells a word after a space differently
 
 
+def test_batched_tokens_equal_one_call_per_text(family_model):
+    _, _, km = family_model
+    texts = ["Vitamin C cures scurvy.", "  padded  text ", "", "naïve café — 3.5% of 1,000"]
+    assert km.tokens_batch(texts) == [km.tokens(t) for t in texts]
+
+
 def test_the_layout_puts_the_truncated_query_in_its_template(family_model):
     _, _, km = family_model
     km.max_source_tokens = 40

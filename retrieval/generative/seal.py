@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+from itertools import islice
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -103,6 +104,18 @@ class SEALRetriever(GenerativeRetriever):
         body = km.tokens(text)
         return km.tokens(title) + [km.eos_id] + body if self.uses_titles else body
 
+    def doc_streams(self, corpus: Corpus, chunk: int = 1024):
+        """`doc_stream` of every document, tokenised a chunk of documents per tokenizer call."""
+        km = self.keymodel
+        docs = iter(tqdm(corpus, desc="SEAL tokenising", unit="doc", mininterval=1.0))
+        while batch := list(islice(docs, chunk)):
+            bodies = km.tokens_batch([d.text for d in batch])
+            if self.uses_titles:
+                titles = km.tokens_batch([d.title for d in batch])
+                yield from (title + [km.eos_id] + body for title, body in zip(titles, bodies))
+            else:
+                yield from bodies
+
     def decide_titles(self, corpus: Corpus) -> None:
         """Store titles in the stream when configured, or ("auto") when the corpus has any."""
         titles = self.config["titles"]
@@ -116,7 +129,7 @@ class SEALRetriever(GenerativeRetriever):
         if shards is not None and not 1 <= shards <= len(corpus):
             raise ValueError(f"shards={shards}: choose 1..{len(corpus)} (one shard needs at least one document)")
         self.decide_titles(corpus)
-        docs = (self.doc_stream(d.title, d.text) for d in tqdm(corpus, desc="SEAL tokenising", unit="doc", mininterval=1.0))
+        docs = self.doc_streams(corpus)
         if engine == "ray":
             from retrieval.ray_engine import build_fm_on_ray
 
