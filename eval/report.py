@@ -368,15 +368,15 @@ def chromium() -> str | None:
 
 
 def render(page: str | Path, *, screenshot: str | Path | None = None, size: tuple[int, int] = (1200, 1600)) -> str:
-    """Open an HTML page in headless Chromium: returns the DOM after scripts ran; with `screenshot`,
-    also writes a PNG of the page at `size` (width, height in pixels)."""
+    """Open an HTML page (a file, or an http URL) in headless Chromium: returns the DOM after scripts ran;
+    with `screenshot`, also writes a PNG of the page at `size` (width, height in pixels)."""
     import subprocess
     import tempfile
 
     browser = chromium()
     if browser is None:
         raise FileNotFoundError("rendering needs Chromium: apt-get install chromium")
-    uri = Path(page).resolve().as_uri()
+    uri = page if str(page).startswith(("http://", "https://")) else Path(page).resolve().as_uri()
     with tempfile.TemporaryDirectory(prefix="dengen-chromium-") as profile:
         flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -165,6 +165,12 @@ def _eval_file(args) -> None:
         print(f"wrote {record.write(args.out, safe_name(f'{record.column}-{record.label}'))}")
 
 
+def cmd_serve(args) -> None:
+    from retrieval.serve import parse_index_args, serve
+
+    serve(parse_index_args(args.indexes), host=args.host, port=args.port)
+
+
 def cmd_report(args) -> None:
     from eval.record import read_results
     from eval.report import markdown_table, write_report
@@ -316,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--screenshot", help="also render the page in headless Chromium to this PNG")
     report.add_argument("--window", default="1200x1600", help="screenshot size, WIDTHxHEIGHT pixels")
     report.set_defaults(func=cmd_report)
+
+    srv = sub.add_parser("serve", help="serve saved indexes over HTTP (JSON API and a search page), loaded once")
+    srv.add_argument("indexes", nargs="+", help="saved index folders, as PATH or NAME=PATH")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=_positive_int, default=8000)
+    srv.add_argument("--trust-paths", action="store_true", help=TRUST_HELP)
+    srv.set_defaults(func=cmd_serve)
 
     board = sub.add_parser("leaderboard", help="fill or check a leaderboard file (rows x tasks, cached per cell)")
     board.add_argument("action", choices=("run", "check"),
