@@ -117,6 +117,17 @@ def test_refusals(cache, minilm):
         onnx_file(EncoderWrapper(minilm))
 
 
+def test_the_fast_preset_is_the_int8_encoder_stored_expanded():
+    from retrieval.spec import parse_spec
+
+    fast = parse_spec("dense:model=minilm,preset=fast").describe()
+    assert (fast["backend"], fast["quantize"]) == ("onnx", "int8") and "preset" not in fast
+    with pytest.raises(ValueError, match="preset='turbo': choose one of fast"):
+        build_retriever("dense", preset="turbo")
+    with pytest.raises(ValueError, match="sets backend and quantize itself"):
+        build_retriever("dense", preset="fast", backend="onnx")
+
+
 def test_an_interrupted_export_leaves_no_cached_model(tmp_path, monkeypatch, minilm):
     import torch
 

@@ -25,6 +25,9 @@ from retrieval.errors import IndexLoadError, SpecError
 STREAM_CHUNK = 8192  # documents encoded and added at a time from a streamed corpus
 
 
+PRESETS = {"fast": {"backend": "onnx", "quantize": "int8"}}
+
+
 class DenseRetriever(Retriever):
     """Bi-encoder + faiss.
 
@@ -42,6 +45,8 @@ class DenseRetriever(Retriever):
             exported model is cached, and copied into a saved index's `onnx/` folder.
         quantize: with backend "onnx", None (fp32) or "int8" (dynamic quantisation).
         mmap: memory-map Flat codes when loading a saved index.
+        preset: "fast": the ONNX int8 encoder (backend="onnx", quantize="int8"; docs/onnx.md: 2.11x torch's
+            encoding speed, SciFact nDCG@10 0.6468 against 0.6451); stored expanded, as those two options.
 
     Example:
         >>> r = DenseRetriever(model="minilm", index="HNSW32")
@@ -69,8 +74,16 @@ class DenseRetriever(Retriever):
         backend: str = "torch",
         quantize: str | None = None,
         mmap: bool = True,
+        preset: str | None = None,
     ):
         from retrieval.dense.onnx_backend import BACKENDS, QUANTIZE
+
+        if preset is not None:
+            if preset not in PRESETS:
+                raise SpecError(f"preset={preset!r}: choose one of {', '.join(PRESETS)}")
+            if (backend, quantize) != ("torch", None):
+                raise SpecError(f"preset={preset!r} sets backend and quantize itself; give one or the other")
+            backend, quantize = PRESETS[preset]["backend"], PRESETS[preset]["quantize"]
 
         if backend not in BACKENDS:
             raise SpecError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
