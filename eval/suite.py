@@ -89,6 +89,7 @@ def _squad_pages(ctx: SuiteRun) -> list[Result]:
                               name="squad-v1.1-dev pages", split="test-page"), ctx.sample)
     retriever = ctx.retriever()
     record, run = evaluate(retriever, dataset, (1, 10, 100), task="KILT squad pages", family="KILT", main_metric="ndcg@10")
+    ctx.built["squad-pages"] = retriever
     titles = {d.id: d.title or d.id for d in corpus}
     gold = [{"id": q, "input": text, "output": [{"provenance": [{"wikipedia_id": doc, "title": titles[doc]}
                                                                 for doc, grade in dataset.qrels[q].items() if grade > 0]}]}
@@ -108,7 +109,9 @@ def _limit(ctx: SuiteRun) -> list[Result]:
         except FileNotFoundError as err:
             print(f"skip LIMIT ({folder}): {err}")
             continue
-        record, _ = evaluate(ctx.retriever(), sampled(dataset, ctx.sample), KS, task="LIMIT", family="LIMIT", main_metric=main_metric(dataset))
+        retriever = ctx.retriever()
+        record, _ = evaluate(retriever, sampled(dataset, ctx.sample), KS, task="LIMIT", family="LIMIT", main_metric=main_metric(dataset))
+        ctx.built.setdefault(folder, retriever)
         records.append(record)
     return records
 
