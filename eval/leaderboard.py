@@ -379,6 +379,7 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
                     reason = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
                     missing.append({"row": row.name, "task": task.key, "reason": reason})
                     continue  # not cached: the next run tries again
+                cell["seconds"] = round(time.perf_counter() - start, 1)  # what the cell cost: the board's cost
                 atomic_write(path, json.dumps(cell, indent=2) + "\n")
                 computed += 1
                 print(f"[{row.name}] {task.key}: {cell.get('skipped') or f'{len(new)} result(s)'} "
