@@ -88,3 +88,13 @@ def test_mteb_task_reuses_the_index_the_scifact_task_built(tmp_path, monkeypatch
     ours, theirs = run_suite("bm25", tmp_path / "results", data_root=data_root(tmp_path), tasks=["scifact", "mteb"])
     assert indexed == [len(TINY_DOCS)]  # once, by the scifact task; mteb searched that same index
     assert theirs.metrics["ndcg@10"] == pytest.approx(ours.metrics["ndcg@10"], abs=1e-5)
+
+
+def test_extra_rarb_set_files_in_the_data_root_are_scored_under_their_names(tmp_path):
+    root = tmp_path / "data"
+    rows = [("Pick the cure.", "what cures scurvy", ["vitamin C cures scurvy", "chess openings"], 0)]
+    (root / "rar-b-mcr").mkdir(parents=True)
+    write_mcr(root / "rar-b-mcr" / "TempReason-l3-pure-test.csv", rows)  # not one of the six known sets
+    records = run_suite("bm25", tmp_path / "results", data_root=root, tasks=["rar-b"])
+    assert [r.column for r in records] == ["TempReason-l3-pure [no instr]", "TempReason-l3-pure [instr]"]
+    assert all(r.family == "RAR-b" and r.metrics["accuracy"] == 1.0 for r in records)
