@@ -173,7 +173,7 @@ def test_minilm_reaches_mteb_published_figure_and_mteb_agrees(minilm, name, spli
 
     ours = evaluate_sts(minilm, name, split, folder=shared(name))
     theirs = mteb_scores(minilm, local_sts_task(name, split, shared(name)))
-    print(f"\n{name} {split}: dengen {ours['metrics']} mteb spearman {theirs['cosine_spearman']:.5f} pearson {theirs['cosine_pearson']:.5f}")
+    print(f"\n{name} {split}: dengen {ours.metrics} mteb spearman {theirs['cosine_spearman']:.5f} pearson {theirs['cosine_pearson']:.5f}")
     assert ours.num_queries == {"stsbenchmark": 1379, "sick": 9927}[name]
     assert ours.metrics["cosine_spearman"] == pytest.approx(published, abs=0.01)
     assert ours.metrics["cosine_spearman"] == pytest.approx(theirs["cosine_spearman"], abs=1e-3)

@@ -260,8 +260,10 @@ def write_generated_corpus(folder, n: int):
 
 
 def start_cli_build(tmp_path, private_tmp):
-    """`dengen index build` of 60k generated docs with BM25; returns (process, --out) once Lucene writes."""
-    data = write_generated_corpus(tmp_path / "gen", 60_000)
+    """`dengen index build` of 300k generated docs with BM25; returns (process, --out) once Lucene writes.
+    Big enough that the build outlasts a loaded machine's delay before the test signals it (60k docs now
+    index in ~3 s: under load the whole build could end first)."""
+    data = write_generated_corpus(tmp_path / "gen", 300_000)
     out = tmp_path / "index"
     env = {**os.environ, "TMPDIR": str(private_tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "retrieval.cli", "index", "build", "--data", str(data), "--retriever",
