@@ -34,7 +34,7 @@ import torch
 from bench_common import machine_info, timed, write_json
 from eval.metrics import evaluate_run
 from indexes.faiss_index import build_index, search_index, set_search_params
-from indexes.lucene_index import ensure_jvm
+from indexes.lucene_index import anserini, ensure_jvm
 from retrieval import Corpus, Dataset, build_retriever, load_dataset
 from retrieval.dense.cache import cache_paths, save_npy
 from retrieval.dense.encoder import SentenceEncoder
@@ -229,8 +229,7 @@ def lucene_analyzer() -> Callable[[str], list[str]]:
 
 def bm25_engines(threads: int) -> list[tuple[str, str, object]]:
     """(name, preprocessing, engine with index/search) per BM25 implementation."""
-    ensure_jvm()
-    import pyserini.index.lucene  # noqa: F401  start the JVM now, so its start-up is not billed to indexing
+    anserini("java.lang.String")  # start the JVM now, so its start-up is not billed to indexing
 
     return [
         ("pyserini (Lucene)", "Anserini DefaultEnglishAnalyzer: Porter stemmer, Lucene's 33 English stopwords",
