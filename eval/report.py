@@ -5,7 +5,8 @@ Rows are retriever configurations (a result's `label`); columns are data sets in
 groups its tasks. A row's family mean is the mean over the family's data sets of its main metric, a data
 set run in several settings (RAR-b with and without the instruction, QMSum whole or chunked) counting with
 the row's best setting; a row missing a data set of the family has no mean there, as on MTEB's board. The
-overall rank orders rows by their mean rank over the families they have. Results scored by another tool
+overall rank orders rows by their mean rank over all families, a family a row has no mean in counting as
+ranked after every row that has one (MTEB's Borda count gives no points for a task not run). Results scored by another tool
 for cross-checking (family MTEB) appear in a detail table only.
 """
 from __future__ import annotations
@@ -73,7 +74,9 @@ def build_board(results: list[Result], missing: list[dict] | None = None, profil
                 means[(row, family)] = statistics.fmean(best.values())
     family_ranks = [_ranks({row: means[(row, f)] for row in rows if (row, f) in means})
                     for f in families if f not in CHECK_FAMILIES]
-    mean_rank = {row: statistics.fmean(ranks[row] for ranks in family_ranks if row in ranks)
+    # a row without a family's mean ranks after every row that has one there (MTEB's Borda count gives a
+    # model no points for a task it was not run on), so a row run on one family cannot top the board
+    mean_rank = {row: statistics.fmean(ranks.get(row, len(ranks) + 1) for ranks in family_ranks)
                  for row in rows if any(row in ranks for ranks in family_ranks)}
     rank = _ranks({row: -value for row, value in mean_rank.items()})
     return Board(rows, families, cells, means, rank, {row: _costs(results, row, (profiles or {}).get(row, {})) for row in rows},

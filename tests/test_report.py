@@ -38,6 +38,14 @@ def test_family_means_take_each_data_sets_best_setting_and_ranks_follow_mean_fam
     assert board.costs["minilm"]["latency_ms"] == 14.0  # its retrieval results' latency, not LIMIT's small corpus
 
 
+def test_a_row_run_on_one_family_cannot_top_the_board():
+    one_trick = _result("one-trick", "limit-small", 0.99, 1.0, family="LIMIT", metric="recall@2")
+    board = build_board(RESULTS + [one_trick])
+    # mean family ranks, a missing family ranked after every row that has it: bm25 (1+2+1)/3, minilm (2+3+2)/3,
+    # one-trick (4+1+3)/3 although first on LIMIT, slow-and-bad (3+4+3)/3
+    assert board.rank == {"bm25": 1, "minilm": 2, "one-trick": 3, "slow-and-bad": 4}
+
+
 def test_markdown_summary_and_detail_tables():
     text = markdown_report(build_board(RESULTS, missing=[{"row": "slow-and-bad", "task": "limit", "reason": "no encoder"}]))
     summary = text.split("## retrieval")[0]
