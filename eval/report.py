@@ -320,6 +320,26 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
 
+REPORT_MARK = ".dengen-report"
+
+
+def _check_report_folder(out: Path) -> None:
+    """Refuse (DataError) to write into a folder holding files a report did not write: a report rewrites
+    README.md, index.html and the rest, and dengen never overwrites a user's files. A folder with the mark,
+    or an earlier report's files only (made before the mark existed), is a report folder."""
+    from retrieval.errors import DataError
+
+    if not out.exists() or (out / REPORT_MARK).is_file():
+        return
+    if not out.is_dir():
+        raise DataError(out, None, None, "the report's --out must be a folder")
+    names = {p.name for p in out.iterdir()}
+    ours = names <= {"README.md", "index.html", "report.json"} | {n for n in names if n.endswith(".png")}
+    page = out / "index.html"
+    if names and not (ours and page.is_file() and "dengen" in page.read_text(encoding="utf-8", errors="replace")[:2000]):
+        raise DataError(out, None, None, "holds files a dengen report did not write; choose a new or empty --out folder")
+
+
 def write_report(results: list[Result], out: str | Path, title: str = "dengen leaderboard",
                  missing: list[dict] | None = None, profiles: dict[str, dict] | None = None) -> Path:
     """Write README.md, index.html (plots inlined), report.json and the PNGs into folder `out`;
@@ -328,7 +348,9 @@ def write_report(results: list[Result], out: str | Path, title: str = "dengen le
 
     board = build_board(results, missing, profiles)
     out = Path(out)
+    _check_report_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT_MARK).write_text("a dengen report folder: dengen report / leaderboard rewrite its files\n", encoding="utf-8")
     charts = []
     for task in dict.fromkeys(r.task for r in board.cells.values()):
         path = out / f"task-{safe_name(task)}.png"

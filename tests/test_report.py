@@ -136,3 +136,17 @@ def test_render_without_chromium_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(eval.report, "chromium", lambda: None)
     with pytest.raises(FileNotFoundError, match="apt-get install chromium"):
         render(write_report(RESULTS, tmp_path / "report"))
+
+
+def test_a_report_never_overwrites_a_folder_it_did_not_write(tmp_path):
+    from retrieval.errors import DataError
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "README.md").write_text("my notes")
+    with pytest.raises(DataError, match="holds files a dengen report did not write"):
+        write_report(RESULTS, user)
+    assert (user / "README.md").read_text() == "my notes"
+    write_report(RESULTS, tmp_path / "report")
+    write_report(RESULTS, tmp_path / "report")  # its own folder: rewritten
+    assert (tmp_path / "report" / ".dengen-report").is_file()
