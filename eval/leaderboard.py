@@ -76,23 +76,20 @@ class Board:
     tolerance: float = 0.002
 
 
-class _LineLoader:
-    """A YAML safe loader that remembers the line each mapping starts on (key "__line__")."""
+def _load_with_lines(text: str):
+    """YAML (safe) with the line each mapping starts on kept under "__line__", for error messages."""
+    import yaml
 
-    @staticmethod
-    def load(text: str):
-        import yaml
+    class Loader(yaml.SafeLoader):
+        pass
 
-        class Loader(yaml.SafeLoader):
-            pass
+    def mapping(loader, node, deep=False):
+        value = loader.construct_mapping(node, deep=True)
+        value["__line__"] = node.start_mark.line + 1
+        return value
 
-        def mapping(loader, node, deep=False):
-            value = loader.construct_mapping(node, deep=True)
-            value["__line__"] = node.start_mark.line + 1
-            return value
-
-        Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-        return yaml.load(text, Loader=Loader)
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)
 
 
 def _plain(value):
@@ -112,7 +109,7 @@ def read_board(path: str | Path) -> Board:
 
     path = Path(path)
     try:
-        data = _LineLoader.load(path.read_text(encoding="utf-8"))
+        data = _load_with_lines(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         raise DataError(path, mark.line + 1 if mark else None, None, f"not valid YAML: {getattr(err, 'problem', err)}") from None

@@ -78,6 +78,7 @@ def _squad_pages(ctx: SuiteRun) -> list[Result]:
     as CorpusBrain's page-retrieval setting: a retriever finds the page a question was written on."""
     from eval.kilt import corpus_pages, kilt_retrieval_scores, run_to_kilt
     from retrieval.data import Dataset, load_corpus, load_qrels, load_queries
+    from training.corpusbrain import kilt_gold
 
     folder = ctx.root / "squad-v1.1-dev"
     if not (folder / "pages.jsonl.gz").is_file():
@@ -90,10 +91,7 @@ def _squad_pages(ctx: SuiteRun) -> list[Result]:
     retriever = ctx.retriever()
     record, run = evaluate(retriever, dataset, (1, 10, 100), task="KILT squad pages", family="KILT", main_metric="ndcg@10")
     ctx.built["squad-pages"] = retriever
-    titles = {d.id: d.title or d.id for d in corpus}
-    gold = [{"id": q, "input": text, "output": [{"provenance": [{"wikipedia_id": doc, "title": titles[doc]}
-                                                                for doc, grade in dataset.qrels[q].items() if grade > 0]}]}
-            for q, text in dataset.queries.items()]
+    gold = kilt_gold(dataset, dataset.queries)
     guess = run_to_kilt(run, dataset.queries, corpus_pages(corpus, page_id=lambda doc: doc.id), k=10)
     metrics = {**record.metrics, **kilt_retrieval_scores(gold, guess, ks=(5, 10))}
     return [dataclasses.replace(record, metrics=metrics, main_metric="r-precision")]

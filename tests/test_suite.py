@@ -98,3 +98,20 @@ def test_extra_rarb_set_files_in_the_data_root_are_scored_under_their_names(tmp_
     records = run_suite("bm25", tmp_path / "results", data_root=root, tasks=["rar-b"])
     assert [r.column for r in records] == ["TempReason-l3-pure [no instr]", "TempReason-l3-pure [instr]"]
     assert all(r.family == "RAR-b" and r.metrics["accuracy"] == 1.0 for r in records)
+
+
+def test_squad_pages_task_scores_page_retrieval_as_kilt_does(tmp_path):
+    import gzip
+
+    root = tmp_path / "data"
+    folder = root / "squad-v1.1-dev"
+    (folder / "qrels").mkdir(parents=True)
+    pages = [("Scurvy", "Scurvy is caused by a lack of vitamin C."), ("Insulin", "Insulin lowers blood glucose.")]
+    with gzip.open(folder / "pages.jsonl.gz", "wt") as out:
+        for title, text in pages:
+            out.write(json.dumps({"_id": title, "title": title, "text": text}) + "\n")
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "a", "text": "lack of vitamin C"}) + "\n"
+                                          + json.dumps({"_id": "b", "text": "what lowers blood glucose"}) + "\n")
+    (folder / "qrels" / "test-page.tsv").write_text("query-id\tcorpus-id\tscore\na\tScurvy\t1\nb\tInsulin\t1\n")
+    (record,) = run_suite("bm25", tmp_path / "results", data_root=root, tasks=["squad-pages"])
+    assert (record.family, record.main_metric, record.score, record.num_queries) == ("KILT", "r-precision", 1.0, 2)
