@@ -1,7 +1,8 @@
 """Hybrid retrieval: fuse the rankings of two or more retrievers.
 
-- Reciprocal rank fusion (Cormack, Clarke & Buettcher, SIGIR 2009): score(d) = sum_r 1 / (k + rank_r(d)),
-  ranks from 1, k = 60 as in the paper; a document absent from a ranking adds nothing.
+- Reciprocal rank fusion (Cormack, Clarke & Buettcher, SIGIR 2009): score(d) = sum_r w_r / (k + rank_r(d)),
+  ranks from 1, k = 60 as in the paper; a document absent from a ranking adds nothing. The paper's RRF has
+  every w_r = 1 (the default); other weights give the weighted RRF of Elasticsearch's and Vespa's hybrid search.
 - Normalised weighted sum: each member's scores for a query are min-max normalised to [0, 1]
   (a document a member did not return gets 0), then summed with the members' weights.
 """
@@ -17,12 +18,12 @@ from retrieval.run import ranked
 FUSIONS = ("rrf", "weighted")
 
 
-def rrf(rankings: list[dict[str, float]], k: int = 60) -> dict[str, float]:
-    """Reciprocal rank fusion of one query's rankings ({doc_id: score} each)."""
+def rrf(rankings: list[dict[str, float]], k: int = 60, weights: list[float] | None = None) -> dict[str, float]:
+    """Reciprocal rank fusion of one query's rankings ({doc_id: score} each), each weighted (default 1)."""
     fused: dict[str, float] = {}
-    for scores in rankings:
+    for scores, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
         for rank, (doc_id, _) in enumerate(ranked(scores), start=1):
-            fused[doc_id] = fused.get(doc_id, 0.0) + 1.0 / (k + rank)
+            fused[doc_id] = fused.get(doc_id, 0.0) + weight / (k + rank)
     return fused
 
 
@@ -47,7 +48,7 @@ class HybridRetriever(Retriever):
             or the folder of a saved index).
         fusion: "rrf" or "weighted".
         rrf_k: the RRF constant (60).
-        weights: per-member weights for "weighted" (default: equal).
+        weights: per-member weights, for either fusion (default: equal, 1 each).
         depth: how many results to take from each member before fusing (at least the k asked for).
 
     Example:
@@ -104,7 +105,7 @@ class HybridRetriever(Retriever):
         for qid in queries:
             rankings = [run.get(qid, {}) for run in runs]
             if self.config["fusion"] == "rrf":
-                scores = rrf(rankings, self.config["rrf_k"])
+                scores = rrf(rankings, self.config["rrf_k"], self.config["weights"])
             else:
                 scores = weighted_sum(rankings, self.config["weights"])
             fused[qid] = dict(ranked(scores)[:k])

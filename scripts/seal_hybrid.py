@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Does SEAL add to BM25 + MiniLM? RRF of the three against RRF of the two, on a SEAL recipe's queries.
+"""Does SEAL add to BM25 + MiniLM? Fusions of the three against fusions of the two, on a SEAL recipe's queries.
 
-Reads a folder written by `dengen train seal` (its results.json names the data and the query sample; its
-baselines/ and index/ hold the saved BM25, MiniLM and SEAL indexes), fuses them with the hybrid retriever
-(reciprocal rank fusion, k = 60, 1,000 results a member: `retrieval.hybrid.rrf` on runs searched once) and scores both fusions with pytrec_eval on the
-recipe's evaluated queries (--all: every query of the test split, e.g. SciFact's 300, as `make demo` scores the
-two-way hybrid). Prints a table and writes FOLDER/hybrid.json (FOLDER/hybrid-all.json with --all), each row
-with SEAL alone too.
+Reads a folder written by `dengen train seal` (its results.json names the data, the test sample and the dev
+queries; its baselines/ and index/ hold the saved BM25, MiniLM and SEAL indexes), searches each member once
+(1,000 results, as the hybrid retriever asks) and fuses the runs with `retrieval.hybrid`'s two fusions:
+reciprocal rank fusion (k = 60) and the min-max weighted sum. BM25 and MiniLM keep weight 1; SEAL's weight is
+chosen on the recipe's dev queries (held out of training, never test queries) from --weights, per fusion, then
+the two-way and three-way fusions are scored with pytrec_eval on the test queries (the recipe's sample, or
+--all: every query of the test split, e.g. SciFact's 300, as `make demo` scores the two-way hybrid). Prints a
+table and writes FOLDER/hybrid.json (FOLDER/hybrid-all.json with --all).
 
-    .venv/bin/python scripts/seal_hybrid.py results/seal-scifact-lora [--all]
+    .venv/bin/python scripts/seal_hybrid.py results/seal-scifact-lora [--all] [--weights 0.25,0.5,0.75,1]
 """
 from __future__ import annotations
 
@@ -21,33 +23,62 @@ from pathlib import Path
 from bench_common import write_json
 from eval.metrics import evaluate_run
 from retrieval import load_dataset, load_retriever
-from retrieval.hybrid import HybridRetriever, rrf
+from retrieval.hybrid import HybridRetriever, rrf, weighted_sum
 from retrieval.run import ranked
 from training.generative_eval import sample_queries
+from training.seal import DEFAULTS, dev_dataset
+
+MAIN = "ndcg@10"
+
+
+def fuse(fusion: str, runs: list[dict], weights: list[float], depth: int) -> dict:
+    """The hybrid retriever's fusion of runs searched once: {qid: {doc: score}} cut to `depth`."""
+    rrf_k = inspect.signature(HybridRetriever).parameters["rrf_k"].default
+    out = {}
+    for qid in runs[0]:
+        rankings = [run.get(qid, {}) for run in runs]
+        scores = rrf(rankings, rrf_k, weights) if fusion == "rrf" else weighted_sum(rankings, weights)
+        out[qid] = dict(ranked(scores)[:depth])
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--all", action="store_true", help="every query of the test split, not the recipe's sample")
+    parser.add_argument("--weights", default="0.25,0.5,0.75,1", help="SEAL weights to choose from on the dev queries")
     args = parser.parse_args()
-    config = json.loads((args.folder / "results.json").read_text())["config"]
+    config = {**DEFAULTS, **json.loads((args.folder / "results.json").read_text())["config"]}
+    grid = [float(w) for w in args.weights.split(",")]
     test = load_dataset(config["data"], config["test_split"])
     queries = test.queries if args.all else sample_queries(test.queries, config["query_sample"], config["seed"])
     qrels = {q: test.qrels[q] for q in queries if q in test.qrels}
-    bm25, dense = (load_retriever(args.folder / "baselines" / name) for name in ("bm25", "dense"))
-    seal = load_retriever(args.folder / "index")
-    started = time.perf_counter()
+    dev = dev_dataset(config, sample_queries(test.queries, config["query_sample"], config["seed"]))
+    if dev is None:
+        raise SystemExit(f"{args.folder}: the recipe has no dev queries (dev_split) to choose SEAL's weight on")
+    members = [load_retriever(args.folder / "baselines" / name) for name in ("bm25", "dense")] + [load_retriever(args.folder / "index")]
     depth = inspect.signature(HybridRetriever).parameters["depth"].default  # what a hybrid asks of each member
-    runs = {"bm25": bm25.search(queries, k=depth), "dense": dense.search(queries, k=depth), "seal": seal.search(queries, k=depth)}
-    rows = [{"name": "seal", "metrics": evaluate_run(qrels, runs["seal"], ks=(10, 100))}]
-    for names in (("bm25", "dense"), ("bm25", "dense", "seal")):  # the hybrid retriever's fusion, on runs searched once
-        fused = {q: dict(ranked(rrf([runs[n].get(q, {}) for n in names]))[: config["depth"]]) for q in queries}
-        rows.append({"name": "+".join(names), "metrics": evaluate_run(qrels, fused, ks=(10, 100))})
+    started = time.perf_counter()
+    dev_runs = [m.search(dev.queries, k=depth) for m in members]
+    runs = [m.search(queries, k=depth) for m in members]
+    rows = [{"name": "seal", "metrics": evaluate_run(qrels, runs[2], ks=(10, 100))}]
+    choices = {}
+    for fusion in ("rrf", "weighted"):
+        dev_scores = {w: evaluate_run(dev.qrels, fuse(fusion, dev_runs, [1.0, 1.0, w], config["depth"]), ks=(10,))[MAIN] for w in grid}
+        best = max(grid, key=lambda w: dev_scores[w])  # the first of equal scores, in --weights order
+        choices[fusion] = {"dev": {str(w): round(s, 4) for w, s in dev_scores.items()}, "seal_weight": best}
+        for name, member_runs, weights in ((f"bm25+dense {fusion}", runs[:2], [1.0, 1.0]),
+                                           (f"bm25+dense+seal {fusion}", runs, [1.0, 1.0, 1.0]),
+                                           (f"bm25+dense+seal {fusion}, seal weight {best:g} (dev)", runs, [1.0, 1.0, best])):
+            rows.append({"name": name, "fusion": fusion, "weights": weights,
+                         "metrics": evaluate_run(qrels, fuse(fusion, member_runs, weights, config["depth"]), ks=(10, 100))})
     for row in rows:
-        print(f"{row['name']:18s} ndcg@10 {row['metrics']['ndcg@10']:.4f}  recall@100 {row['metrics']['recall@100']:.4f}")
+        print(f"{row['name']:48s} ndcg@10 {row['metrics']['ndcg@10']:.4f}  recall@100 {row['metrics']['recall@100']:.4f}")
+    for fusion, choice in choices.items():
+        print(f"{fusion}: dev {MAIN} by SEAL weight {choice['dev']} -> {choice['seal_weight']:g}")
     out = args.folder / ("hybrid-all.json" if args.all else "hybrid.json")
-    write_json(out, {"queries": len(queries), "fusion": "rrf", "seconds": round(time.perf_counter() - started, 1), "rows": rows})
+    write_json(out, {"queries": len(queries), "dev_queries": len(dev.queries), "dev_split": config["dev_split"],
+                     "choices": choices, "seconds": round(time.perf_counter() - started, 1), "rows": rows})
     print(f"wrote {out}")
 
 

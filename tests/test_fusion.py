@@ -14,6 +14,18 @@ def test_rrf_worked_case():
     assert max(fused, key=fused.get) == "y"
 
 
+def test_weighted_rrf_worked_case():
+    a = {"x": 9.0, "y": 5.0}  # ranks x1 y2
+    b = {"y": 0.9, "x": 0.1}  # ranks y1 x2
+    fused = rrf([a, b], k=60, weights=[1.0, 0.25])
+    assert fused["x"] == pytest.approx(1 / 61 + 0.25 / 62)
+    assert fused["y"] == pytest.approx(1 / 62 + 0.25 / 61)
+    assert rrf([a, b], k=60, weights=[1.0, 1.0]) == rrf([a, b], k=60)  # weights 1: the paper's RRF
+    assert max(fused, key=fused.get) == "x"  # a counts more: its first wins
+    swapped = rrf([a, b], k=60, weights=[0.25, 1.0])
+    assert max(swapped, key=swapped.get) == "y"
+
+
 def test_weighted_sum_min_max_worked_case():
     a = {"x": 10.0, "y": 6.0, "z": 2.0}  # -> 1, .5, 0
     b = {"y": 0.8, "w": 0.4}  # -> 1, 0

@@ -139,6 +139,18 @@ def test_hybrid_from_saved_members_does_not_reindex(built, tiny_beir_session):
     assert hybrid.build_seconds >= max(m.build_seconds for m in hybrid.members)  # the time of what it built
 
 
+def test_hybrid_rrf_weights_follow_the_weighted_formula(built):
+    from retrieval.hybrid import rrf
+
+    members = [f"{built['bm25'][1]}", f"{built['dense'][1]}"]
+    weighted = parse_spec("+".join(members) + "@weights=1;0.25")
+    queries = {"q": "what causes scurvy"}
+    runs = [m.search(queries, k=8)["q"] for m in weighted.members]
+    got = weighted.search(queries, k=8)["q"]
+    assert got == pytest.approx(rrf(runs, 60, [1.0, 0.25]))  # w / (60 + rank) per member
+    assert got != pytest.approx(parse_spec("+".join(members)).search(queries, k=8)["q"])  # weights are not ignored
+
+
 def test_spec_parsing():
     from retrieval.spec import spec_to_config
 
