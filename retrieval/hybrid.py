@@ -40,6 +40,13 @@ def weighted_sum(rankings: list[dict[str, float]], weights: list[float]) -> dict
     return fused
 
 
+def fuse(rankings: list[dict[str, float]], fusion: str = "rrf", weights: list[float] | None = None,
+         rrf_k: int = 60) -> dict[str, float]:
+    """One query's fused scores under `fusion` ("rrf" or "weighted"); weights default to 1 per ranking."""
+    weights = weights or [1.0] * len(rankings)
+    return rrf(rankings, rrf_k, weights) if fusion == "rrf" else weighted_sum(rankings, weights)
+
+
 class HybridRetriever(Retriever):
     """Fusion of member retrievers.
 
@@ -103,11 +110,7 @@ class HybridRetriever(Retriever):
         runs = [m.search(queries, depth) for m in self.members]
         fused = {}
         for qid in queries:
-            rankings = [run.get(qid, {}) for run in runs]
-            if self.config["fusion"] == "rrf":
-                scores = rrf(rankings, self.config["rrf_k"], self.config["weights"])
-            else:
-                scores = weighted_sum(rankings, self.config["weights"])
+            scores = fuse([run.get(qid, {}) for run in runs], self.config["fusion"], self.config["weights"], self.config["rrf_k"])
             fused[qid] = dict(ranked(scores)[:k])
         return fused
 

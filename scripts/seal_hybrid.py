@@ -23,7 +23,7 @@ from pathlib import Path
 from bench_common import write_json
 from eval.metrics import evaluate_run
 from retrieval import load_dataset, load_retriever
-from retrieval.hybrid import HybridRetriever, rrf, weighted_sum
+from retrieval.hybrid import HybridRetriever, fuse
 from retrieval.run import ranked
 from training.generative_eval import sample_queries
 from training.seal import DEFAULTS, dev_dataset
@@ -31,31 +31,34 @@ from training.seal import DEFAULTS, dev_dataset
 MAIN = "ndcg@10"
 
 
-def fuse(fusion: str, runs: list[dict], weights: list[float], depth: int) -> dict:
-    """The hybrid retriever's fusion of runs searched once: {qid: {doc: score}} cut to `depth`."""
-    rrf_k = inspect.signature(HybridRetriever).parameters["rrf_k"].default
-    out = {}
-    for qid in runs[0]:
-        rankings = [run.get(qid, {}) for run in runs]
-        scores = rrf(rankings, rrf_k, weights) if fusion == "rrf" else weighted_sum(rankings, weights)
-        out[qid] = dict(ranked(scores)[:depth])
-    return out
+def fused_run(fusion: str, runs: list[dict], weights: list[float], depth: int) -> dict:
+    """The hybrid retriever's fusion (`retrieval.hybrid.fuse`, RRF k = 60) of runs searched once, cut to `depth`."""
+    qids = dict.fromkeys(qid for run in runs for qid in run)  # a query one member found nothing for still counts
+    return {qid: dict(ranked(fuse([run.get(qid, {}) for run in runs], fusion, weights))[:depth]) for qid in qids}
+
+
+def weight_list(text: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers, e.g. 0.25,0.5,1") from None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--all", action="store_true", help="every query of the test split, not the recipe's sample")
-    parser.add_argument("--weights", default="0.25,0.5,0.75,1", help="SEAL weights to choose from on the dev queries")
+    parser.add_argument("--weights", type=weight_list, default=[0.25, 0.5, 0.75, 1.0], help="SEAL weights to choose from on the dev queries")
     args = parser.parse_args()
     config = {**DEFAULTS, **json.loads((args.folder / "results.json").read_text())["config"]}
-    grid = [float(w) for w in args.weights.split(",")]
+    grid = args.weights
     test = load_dataset(config["data"], config["test_split"])
-    queries = test.queries if args.all else sample_queries(test.queries, config["query_sample"], config["seed"])
+    sample = sample_queries(test.queries, config["query_sample"], config["seed"])
+    queries = test.queries if args.all else sample
     qrels = {q: test.qrels[q] for q in queries if q in test.qrels}
-    dev = dev_dataset(config, sample_queries(test.queries, config["query_sample"], config["seed"]))
+    dev = dev_dataset(config, sample)
     if dev is None:
-        raise SystemExit(f"{args.folder}: the recipe has no dev queries (dev_split) to choose SEAL's weight on")
+        parser.error(f"{args.folder}: the recipe has no dev queries (dev_split) to choose SEAL's weight on")
     members = [load_retriever(args.folder / "baselines" / name) for name in ("bm25", "dense")] + [load_retriever(args.folder / "index")]
     depth = inspect.signature(HybridRetriever).parameters["depth"].default  # what a hybrid asks of each member
     started = time.perf_counter()
@@ -64,14 +67,14 @@ def main() -> None:
     rows = [{"name": "seal", "metrics": evaluate_run(qrels, runs[2], ks=(10, 100))}]
     choices = {}
     for fusion in ("rrf", "weighted"):
-        dev_scores = {w: evaluate_run(dev.qrels, fuse(fusion, dev_runs, [1.0, 1.0, w], config["depth"]), ks=(10,))[MAIN] for w in grid}
+        dev_scores = {w: evaluate_run(dev.qrels, fused_run(fusion, dev_runs, [1.0, 1.0, w], config["depth"]), ks=(10,))[MAIN] for w in grid}
         best = max(grid, key=lambda w: dev_scores[w])  # the first of equal scores, in --weights order
         choices[fusion] = {"dev": {str(w): round(s, 4) for w, s in dev_scores.items()}, "seal_weight": best}
         for name, member_runs, weights in ((f"bm25+dense {fusion}", runs[:2], [1.0, 1.0]),
                                            (f"bm25+dense+seal {fusion}", runs, [1.0, 1.0, 1.0]),
                                            (f"bm25+dense+seal {fusion}, seal weight {best:g} (dev)", runs, [1.0, 1.0, best])):
             rows.append({"name": name, "fusion": fusion, "weights": weights,
-                         "metrics": evaluate_run(qrels, fuse(fusion, member_runs, weights, config["depth"]), ks=(10, 100))})
+                         "metrics": evaluate_run(qrels, fused_run(fusion, member_runs, weights, config["depth"]), ks=(10, 100))})
     for row in rows:
         print(f"{row['name']:48s} ndcg@10 {row['metrics']['ndcg@10']:.4f}  recall@100 {row['metrics']['recall@100']:.4f}")
     for fusion, choice in choices.items():

@@ -1,6 +1,6 @@
 import pytest
 
-from retrieval.hybrid import rrf, weighted_sum
+from retrieval.hybrid import fuse, rrf, weighted_sum
 
 
 def test_rrf_worked_case():
@@ -32,3 +32,11 @@ def test_weighted_sum_min_max_worked_case():
     fused = weighted_sum([a, b], [0.25, 0.75])
     assert fused == pytest.approx({"x": 0.25, "y": 0.25 * 0.5 + 0.75, "z": 0.0, "w": 0.0})
     assert weighted_sum([{"only": 3.0}], [1.0]) == {"only": 1.0}
+
+
+def test_fuse_dispatches_to_the_named_fusion_with_weights_one_by_default():
+    a, b = {"x": 9.0, "y": 5.0}, {"y": 0.9, "w": 0.4}
+    assert fuse([a, b]) == rrf([a, b], 60, [1.0, 1.0])
+    assert fuse([a, b], "rrf", [1.0, 0.5], rrf_k=10) == rrf([a, b], 10, [1.0, 0.5])
+    assert fuse([a, b], "weighted") == weighted_sum([a, b], [1.0, 1.0])
+    assert fuse([a, b], "weighted", [0.2, 0.8]) == weighted_sum([a, b], [0.2, 0.8])
