@@ -243,10 +243,13 @@ def task_data(task: Task, root: Path) -> list[Path]:
 
 def cell_key(row: Row, task: Task, root: Path) -> str:
     """What a cell's result depends on, hashed: the spec and the files it names, the task, its data."""
+    from eval.suite import TASK_REVISIONS
+
+    revision = TASK_REVISIONS.get(task.name)
     parts = {
         "retriever": row.retriever,
         "named_files": {str(p): tree_digest(p, content=False) for p in _paths_in(row.retriever)},
-        "task": task.key,
+        "task": task.key + (f"#{revision}" if revision else ""),
         "data": {str(p.name): tree_digest(p, content=True) for p in task_data(task, root)},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

@@ -16,8 +16,17 @@ Each (engine, size) cell runs in two fresh subprocesses: "build" (build the inde
 (load it memory-mapped, search the 300 queries), so each phase's peak RSS (VmHWM) is its own. Dense
 recall@10 is measured against Flat's top-10 at the same size. Results go to JSON, plots to docs/scale/.
 
+--frontier adds, per size, the HNSW recall/speed frontier: one graph per (M, efConstruction) of --hnsw-m x
+--ef-construction, each built ("build") and swept over --ef-search ("sweep") in fresh subprocesses, plus Flat's
+point on each exhaustive-search path faiss has. QPS is measured twice: "batch" (all queries in one call,
+as the cells do) and "single" (one call per query, as an interactive user searches). At sizes >= 1M only the
+first M and the first efConstruction are built (one graph: building takes minutes to an hour each on 2 cores)
+unless --frontier-full. Rows go to the JSON's "frontier" list, plots to <plots>/frontier-<size>.png.
+
     nice -n 10 .venv/bin/python scripts/bench_scale.py                    # 10k, 100k, 1M: ~25 min on 2 cores (+35 min the first time)
     nice -n 10 .venv/bin/python scripts/bench_scale.py --sizes 2000,5000 --out /tmp/scale.json --plots /tmp/scale
+    nice -n 10 .venv/bin/python scripts/bench_scale.py --sizes 5000 --engines flat --frontier --max-sentences 1000 \
+        --cache /tmp/cache --workdir /tmp/work --out /tmp/frontier.json --plots /tmp/frontier   # a quick check
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -69,6 +79,8 @@ ENGINES = {
                       "(add_special_tokens=False, no truncation)"),
 }
 SEARCH_PARAMS = {"flat": {}, "hnsw32": {"efSearch": 128}, "ivfpq": {"nprobe": 16}}
+FRONTIER_FULL_SIZE = 1_000_000  # from this size on the frontier builds one graph unless --frontier-full
+DB_PARALLEL_MIN_VECTORS = 10_000  # faiss 1.15 distances.cpp kDbParallelMinVectors (not exported)
 
 FM_QUERY = (
     "per query: its MiniLM token ids (add_special_tokens=False; tokenising is not timed); FMIndex.count() of "
@@ -98,7 +110,19 @@ DEFINITIONS = {
            "BM25Retriever.search on the query texts (analysis included); FM-index: see fm_query",
     "recall_at_10": f"dense only: mean over queries of the share of Flat's top-{K} passages (same size) that the "
                     "engine's top-10 holds; Flat is 1.0 by definition; BM25 and FM-index: null",
+    "frontier": "--frontier rows, one per (size, graph, efSearch) plus Flat's: recall_at_10 as above (Flat's own "
+                "rebuilt index against the flat cell's top-10, so 1.0); qps_batch as qps (one call with all "
+                "queries, warm-up first, fastest of --repeats); qps_single = queries / seconds of a loop of "
+                "one-query calls (fastest of --repeats); build_seconds as above (faiss HNSW{M} with "
+                "build_params.efConstruction). Flat also has qps_batch_blas (the batch with "
+                "faiss.cvar.distance_compute_blas_threshold set to 0, which forces the BLAS matrix-multiply path) "
+                "and batch_path / single_path: the kernel faiss chose (see faiss_flat_paths)",
 }
+FLAT_PATHS = ("faiss 1.15 IndexFlat search (faiss/utils/distances.cpp knn_inner_product): 'database-parallel' when "
+              "threads > 1, queries < threads and vectors >= max(10000, threads * distance_compute_blas_database_bs) "
+              "(each thread scans its slice of the vectors with BLAS, heaps merged); else 'blas' when "
+              "queries * dim >= distance_compute_blas_threshold (one matrix multiply per block); else 'sequential' "
+              "(one SIMD inner product per (query, vector), queries spread over threads)")
 
 
 # ---------------------------------------------------------------- memory helpers
@@ -243,8 +267,26 @@ def ivf_factory(n: int) -> str:
     return f"IVF{2 ** round(math.log2(4 * math.sqrt(n)))},PQ32"
 
 
+def frontier_cell(graph: tuple[int, int] | None) -> str:
+    """The cell name of a frontier index: Flat (None) or the HNSW graph (M, efConstruction)."""
+    return "frontier-flat" if graph is None else f"frontier-hnsw{graph[0]}-efc{graph[1]}"
+
+
+def frontier_graph(engine: str) -> tuple[int, int] | None:
+    """(M, efConstruction) of a frontier HNSW cell name, None for any other cell."""
+    match = re.fullmatch(r"frontier-hnsw(\d+)-efc(\d+)", engine)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def engine_family(engine: str) -> str:
+    return ENGINES[engine].family if engine in ENGINES else "dense"  # frontier cells are dense
+
+
 def dense_factory(engine: str, n: int) -> str:
-    return {"flat": "Flat", "hnsw32": "HNSW32", "ivfpq": ivf_factory(n)}[engine]
+    graph = frontier_graph(engine)
+    if graph:
+        return f"HNSW{graph[0]}"
+    return {"flat": "Flat", "frontier-flat": "Flat", "hnsw32": "HNSW32", "ivfpq": ivf_factory(n)}[engine]
 
 
 def dense_build(engine: str, n: int, work: Path, repeats: int) -> dict:
@@ -252,11 +294,13 @@ def dense_build(engine: str, n: int, work: Path, repeats: int) -> dict:
 
     vectors = np.load(work / "passage-vectors.npy", mmap_mode="r")[:n]
     factory = dense_factory(engine, n)
-    index, build_s = timed(lambda: build_index(vectors, factory))
+    graph = frontier_graph(engine)
+    build_params = {"efConstruction": graph[1]} if graph else None
+    index, build_s = timed(lambda: build_index(vectors, factory, build_params=build_params))
     path = cell_folder(work, engine, n) / "index.faiss"
     _, save_s = timed(lambda: save_index(index, path))
-    result = {"factory": factory, "build_seconds": build_s, "save_seconds": save_s, "index_bytes": path.stat().st_size}
-    return result
+    return {"factory": factory, "build_params": build_params, "build_seconds": build_s, "save_seconds": save_s,
+            "index_bytes": path.stat().st_size}
 
 
 def dense_search(engine: str, n: int, work: Path, repeats: int) -> dict:
@@ -272,6 +316,54 @@ def dense_search(engine: str, n: int, work: Path, repeats: int) -> dict:
     qps, (_, positions) = best_qps(lambda: search_index(index, queries, K), len(queries), repeats)
     np.save(folder.with_name(folder.name + "-top10.npy"), positions)
     return {"load_seconds": load_s, "qps": qps, "search_params": SEARCH_PARAMS[engine], "faiss_omp_threads": faiss.omp_get_max_threads()}
+
+
+def flat_path(queries: int, vectors: int, dim: int, threads: int, blas_threshold: int, database_bs: int) -> str:
+    """The kernel faiss 1.15 picks for an IndexFlat search (FLAT_PATHS); the rule is faiss's, not documented API."""
+    if threads > 1 and queries < threads and vectors >= max(DB_PARALLEL_MIN_VECTORS, threads * database_bs):
+        return "database-parallel"
+    return "blas" if queries * dim >= blas_threshold else "sequential"
+
+
+def frontier_sweep(engine: str, n: int, work: Path, repeats: int, ef_search: list[int]) -> dict:
+    """Recall@10 vs Flat, batch and single-query QPS of one saved frontier index: at each efSearch (HNSW), or
+    once for Flat, whose batch is timed again with BLAS forced (its default path depends on batch size)."""
+    import faiss
+
+    from indexes.faiss_index import load_index, search_index, set_search_params
+
+    queries = np.load(work / "query-vectors.npy")
+    reference = np.load(work / "cells" / f"flat-{n}-top10.npy")
+    index = load_index(cell_folder(work, engine, n) / "index.faiss", mmap=True)
+
+    def batch():
+        return search_index(index, queries, K)
+
+    def single():
+        return [search_index(index, queries[i : i + 1], K) for i in range(len(queries))]
+
+    def point(**params) -> dict:
+        batch()  # warm-up: memory-mapped pages come in
+        qps_batch, (_, positions) = best_qps(batch, len(queries), repeats)
+        qps_single, _ = best_qps(single, len(queries), repeats)
+        return {**params, "recall_at_10": recall_vs_flat(positions, reference), "qps_batch": qps_batch, "qps_single": qps_single}
+
+    threads, threshold = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
+    if frontier_graph(engine) is None:
+        flat = point()
+        faiss.cvar.distance_compute_blas_threshold = 0  # any batch takes the matrix-multiply path
+        flat["qps_batch_blas"], _ = best_qps(batch, len(queries), repeats)
+        faiss.cvar.distance_compute_blas_threshold = threshold
+        database_bs = faiss.cvar.distance_compute_blas_database_bs
+        flat.update({f"{name}_path": flat_path(nq, n, queries.shape[1], threads, threshold, database_bs)
+                     for name, nq in (("batch", len(queries)), ("single", 1))})
+        points = [flat]
+    else:
+        points = []
+        for ef in ef_search:
+            set_search_params(index, {"efSearch": ef})
+            points.append(point(efSearch=ef))
+    return {"points": points, "faiss_omp_threads": threads, "distance_compute_blas_threshold": threshold}
 
 
 def start_jvm() -> None:
@@ -359,17 +451,19 @@ def fm_search(engine: str, n: int, work: Path, repeats: int) -> dict:
 
 
 PHASES = {
-    ("build", "dense"): dense_build, ("search", "dense"): dense_search,
+    ("build", "dense"): dense_build, ("search", "dense"): dense_search, ("sweep", "dense"): frontier_sweep,
     ("build", "bm25"): bm25_build, ("search", "bm25"): bm25_search,
     ("build", "fm"): fm_build, ("search", "fm"): fm_search,
 }
 
 
-def run_phase(phase: str, engine: str, n: int, work: Path, repeats: int) -> None:
+def run_phase(phase: str, engine: str, n: int, args: argparse.Namespace) -> None:
     """Child process: one phase of one cell; writes its JSON (with this process's peak RSS) beside the cell."""
+    work = args.workdir
     start_rss = status_bytes("VmRSS")
     start = time.perf_counter()
-    result = PHASES[(phase, ENGINES[engine].family)](engine, n, work, repeats)
+    options = {"ef_search": args.ef_search} if phase == "sweep" else {}
+    result = PHASES[(phase, engine_family(engine))](engine, n, work, args.repeats, **options)
     gc.collect()
     result.update({
         "phase_seconds": time.perf_counter() - start,
@@ -387,15 +481,15 @@ def phase_file(work: Path, engine: str, n: int, phase: str) -> Path:
 # ---------------------------------------------------------------- the parent: cells, recall, plots
 
 
-def run_cell(engine: str, n: int, args: argparse.Namespace) -> dict:
-    """Both phases of one cell, each in a fresh subprocess; the cell's row (or its error)."""
-    row = {"engine": engine, "name": ENGINES[engine].name, "size": n}
+def run_phases(engine: str, n: int, args: argparse.Namespace, phases: tuple[str, ...], row: dict) -> dict:
+    """The phases of one cell, each in a fresh subprocess, their JSON added to `row` (or its error)."""
     folder = cell_folder(args.workdir, engine, n)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)  # BM25 and FM-index saves replace it atomically
-    for phase in ("build", "search"):
+    for phase in phases:
         phase_file(args.workdir, engine, n, phase).unlink(missing_ok=True)
-        command = [sys.executable, __file__, "--cell", phase, engine, str(n), "--workdir", str(args.workdir), "--repeats", str(args.repeats)]
+        command = [sys.executable, __file__, "--cell", phase, engine, str(n), "--workdir", str(args.workdir),
+                   "--repeats", str(args.repeats), "--ef-search", ",".join(map(str, args.ef_search))]
         start = time.perf_counter()
         done = subprocess.run(command)
         row[f"{phase}_wall_seconds"] = time.perf_counter() - start  # process start and imports included
@@ -405,6 +499,14 @@ def run_cell(engine: str, n: int, args: argparse.Namespace) -> dict:
         row[phase] = json.loads(phase_file(args.workdir, engine, n, phase).read_text())
     if not args.keep_indexes:
         shutil.rmtree(folder, ignore_errors=True)
+    return row
+
+
+def run_cell(engine: str, n: int, args: argparse.Namespace) -> dict:
+    """Both phases of one cell, each in a fresh subprocess; the cell's row (or its error)."""
+    row = run_phases(engine, n, args, ("build", "search"), {"engine": engine, "name": ENGINES[engine].name, "size": n})
+    if "error" in row:
+        return row
     build, search = row["build"], row["search"]
     row.update({
         "build_seconds": build["build_seconds"], "index_bytes": build["index_bytes"],
@@ -414,6 +516,33 @@ def run_cell(engine: str, n: int, args: argparse.Namespace) -> dict:
         "recall_at_10": None,
     })
     return row
+
+
+def frontier_graphs(n: int, ms: list[int], efcs: list[int], full: bool) -> list[tuple[int, int]]:
+    """The (M, efConstruction) graphs built at size n: all pairs, or from FRONTIER_FULL_SIZE on (unless `full`)
+    only the first M with the first efConstruction."""
+    if n >= FRONTIER_FULL_SIZE and not full:
+        return [(ms[0], efcs[0])]
+    return [(m, efc) for m in ms for efc in efcs]
+
+
+def run_frontier(n: int, args: argparse.Namespace) -> list[dict]:
+    """Flat's frontier row and one row per (graph, efSearch) at size n; a failed cell gives one row with its error."""
+    rows = []
+    for graph in [None, *frontier_graphs(n, args.hnsw_m, args.ef_construction, args.frontier_full)]:
+        engine = frontier_cell(graph)
+        print(f"\n== frontier: {dense_factory(engine, n)}{f' efConstruction {graph[1]}' if graph else ''}, {n} passages", flush=True)
+        cell = run_phases(engine, n, args, ("build", "sweep"), {})
+        m, efc = graph or (None, None)
+        base = {"size": n, "index": "HNSW" if graph else "Flat", "M": m, "efConstruction": efc}
+        if "error" in cell:
+            rows.append({**base, "error": cell["error"]})
+            continue
+        build = cell["build"]
+        for point in cell["sweep"]["points"]:
+            rows.append({**base, "efSearch": None, "build_seconds": build["build_seconds"],
+                         "index_bytes": build["index_bytes"], **point})
+    return rows
 
 
 def recall_vs_flat(positions: np.ndarray, flat: np.ndarray) -> float:
@@ -473,6 +602,71 @@ def write_plots(rows: list[dict], folder: Path) -> list[str]:
     return written
 
 
+def write_frontier_plots(rows: list[dict], folder: Path) -> list[str]:
+    """Per size: recall@10 (x) against QPS (log y), batch and single-query panels, one line per graph (efSearch
+    rising along it) and Flat's points with dotted lines at their QPS (above a line = faster than Flat)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for n in sorted({r["size"] for r in rows}):
+        at_n = [r for r in rows if r["size"] == n and "error" not in r]
+        flat = next((r for r in at_n if r["index"] == "Flat"), None)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+        for ax, key, title in ((axes[0], "qps_batch", "batch: 300 queries per call"),
+                               (axes[1], "qps_single", "single: one query per call")):
+            graphs = sorted({(r["M"], r["efConstruction"]) for r in at_n if r["index"] == "HNSW"})
+            for graph in graphs:
+                points = sorted((r["efSearch"], r["recall_at_10"], r[key]) for r in at_n
+                                if r["index"] == "HNSW" and (r["M"], r["efConstruction"]) == graph)
+                line, = ax.plot([p[1] for p in points], [p[2] for p in points], marker="o",
+                                label=f"HNSW{graph[0]}, efConstruction {graph[1]}")
+                for ef, x, y in points if graph == graphs[0] else ():  # one line labelled: near recall 1 they pile up
+                    ax.annotate(str(ef), (x, y), textcoords="offset points", xytext=(-4, -11), fontsize=7, color=line.get_color())
+            flat_points = [] if flat is None else (
+                [(flat["qps_batch"], f"Flat, faiss's default path: {flat['batch_path']}", "*"),
+                 (flat["qps_batch_blas"], "Flat, BLAS forced (threshold 0)", "P")]
+                if key == "qps_batch" else [(flat["qps_single"], f"Flat, faiss's default path: {flat['single_path']}", "*")])
+            for qps, label, marker in flat_points:
+                dot = ax.plot([1.0], [qps], marker=marker, markersize=11, linestyle="none", color="black" if marker == "*" else "grey", label=label)[0]
+                ax.axhline(qps, linestyle=":", linewidth=1, color=dot.get_color())
+            ax.set_yscale("log")
+            ax.set_xlabel(f"recall@{K} vs Flat")
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        axes[0].set_ylabel(f"queries/s (top-{K}; log scale)")
+        fig.suptitle(f"HNSW recall vs speed, {n:,} passages (efSearch labelled on the first line; "
+                     "the same order on every line)")
+        path = folder / f"frontier-{n}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def print_frontier(rows: list[dict]) -> None:
+    cells = [["passages", "index", "M", "efC", "efSearch", "build s", f"recall@{K}", "QPS batch", "QPS single", "path batch / single"]]
+    for r in rows:
+        if "error" in r:
+            cells.append([str(r["size"]), r["index"], str(r["M"] or "-"), str(r["efConstruction"] or "-"), r["error"], "", "", "", "", ""])
+            continue
+        paths = f"{r['batch_path']} / {r['single_path']}; blas forced {r['qps_batch_blas']:.0f}" if r["index"] == "Flat" else "graph"
+        cells.append([str(r["size"]), r["index"], str(r["M"] or "-"), str(r["efConstruction"] or "-"), str(r["efSearch"] or "-"),
+                      f"{r['build_seconds']:.2f}", f"{r['recall_at_10']:.4f}", f"{r['qps_batch']:.0f}", f"{r['qps_single']:.0f}", paths])
+    print_table(cells)
+
+
+def print_table(cells: list[list[str]]) -> None:
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    print()
+    for line in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+
+
 def print_summary(result: dict) -> None:
     m = result["machine"]
     print(f"\n{m['cpu_count']} CPUs ({m['cpu_model']}); load average {m['load_avg_1m_start']:.2f} -> {m.get('load_avg_1m_end', float('nan')):.2f}")
@@ -487,10 +681,9 @@ def print_summary(result: dict) -> None:
         recall = f"{r['recall_at_10']:.4f}" if r["recall_at_10"] is not None else "-"
         cells.append([str(r["size"]), r["name"], f"{r['build_seconds']:.2f}", f"{r['index_bytes'] / 2**20:.1f}",
                       f"{(r['peak_rss_bytes'] or 0) / 2**20:.0f}", f"{r['qps']:.0f}", recall])
-    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
-    print()
-    for line in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+    print_table(cells)
+    if result.get("frontier"):
+        print_frontier(result["frontier"])
 
 
 # ---------------------------------------------------------------- main
@@ -500,9 +693,10 @@ def prepare_inputs(args: argparse.Namespace, result: dict) -> None:
     """Sentences -> passage plan -> sentence vectors (cached) -> passage vectors, corpus files and queries under workdir."""
     from retrieval.dense.encoder import SentenceEncoder
 
-    sentences = load_sentences(args.sentences)
+    sentences = load_sentences(args.sentences)[: args.max_sentences]  # a prefix: quick checks encode fewer
     offsets, picks = passage_plan(max(args.sizes), len(sentences), args.seed)
     result["corpus"] = corpus_description(args.sentences, sentences, offsets, args.seed)
+    result["corpus"]["max_sentences"] = args.max_sentences  # None: all; else the first N distinct sentences only
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     encoder = SentenceEncoder("minilm")
@@ -552,6 +746,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-indexes", action="store_true", help="keep each cell's saved index in the workdir")
     parser.add_argument("--out", type=Path, default=Path("results/bench_scale.json"), help="JSON output (default: %(default)s)")
     parser.add_argument("--plots", type=Path, default=Path("docs/scale"), help="folder of the PNG plots (default: %(default)s)")
+    parser.add_argument("--max-sentences", type=int, default=None,
+                        help="use only the first N distinct sentences (quick checks: encoding all 45,001 takes ~35 min on 2 cores)")
+    parser.add_argument("--frontier", action="store_true",
+                        help="also sweep HNSW graphs over efSearch per size (recall@10 vs batch and single-query QPS; needs flat)")
+    parser.add_argument("--hnsw-m", type=lambda s: parse_list(s, int), default=[16, 32], help="frontier M values (default: 16,32)")
+    parser.add_argument("--ef-construction", type=lambda s: parse_list(s, int), default=[40, 200],
+                        help="frontier efConstruction values (default: 40,200)")
+    parser.add_argument("--ef-search", type=lambda s: parse_list(s, int), default=[16, 32, 64, 128, 256, 512],
+                        help="frontier efSearch values (default: 16,32,64,128,256,512)")
+    parser.add_argument("--frontier-full", action="store_true",
+                        help=f"build every (M, efConstruction) graph at sizes >= {FRONTIER_FULL_SIZE} too (default: the first of each)")
     parser.add_argument("--cell", nargs=3, metavar=("PHASE", "ENGINE", "SIZE"), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
     unknown = [e for e in args.engines if e not in ENGINES]
@@ -559,6 +764,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown engine(s) {', '.join(unknown)}: choose from {', '.join(ENGINES)}")
     if args.sizes and args.sizes[0] < 1000:
         parser.error("sizes below 1000 are too small to train IVF-PQ (PQ32 needs 256 centroids per sub-space)")
+    if args.frontier and "flat" not in args.engines:
+        parser.error("--frontier needs flat in --engines: its top-10 is the recall reference")
+    if args.frontier and not (args.hnsw_m and args.ef_construction and args.ef_search):
+        parser.error("--frontier needs at least one value in each of --hnsw-m, --ef-construction and --ef-search")
     args.engines = [e for e in ENGINES if e in args.engines]  # Flat first: the recall reference
     return args
 
@@ -567,7 +776,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.cell:
         phase, engine, size = args.cell
-        run_phase(phase, engine, int(size), args.workdir, args.repeats)
+        run_phase(phase, engine, int(size), args)
         return
 
     import faiss
@@ -586,6 +795,14 @@ def main(argv: list[str] | None = None) -> None:
         "complete": False,
         "cells": [],
     }
+    if args.frontier:
+        result.update({
+            "frontier_settings": {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search,
+                                  "full_from_size": None if args.frontier_full else FRONTIER_FULL_SIZE},
+            "faiss_flat_paths": {"rule": FLAT_PATHS, "distance_compute_blas_threshold": faiss.cvar.distance_compute_blas_threshold,
+                                 "distance_compute_blas_database_bs": faiss.cvar.distance_compute_blas_database_bs},
+            "frontier": [],
+        })
     prepare_inputs(args, result)
     for n in args.sizes:
         for engine in args.engines:
@@ -596,8 +813,13 @@ def main(argv: list[str] | None = None) -> None:
                   + (f"; {row['error']}" if "error" in row else ""), flush=True)
             write_json(args.out, result)  # partial results survive an interrupted run
         add_recall(result["cells"], args.workdir, n)
+        if args.frontier:
+            result["frontier"].extend(run_frontier(n, args))
+            write_json(args.out, result)
     result["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
     result["plots"] = write_plots(result["cells"], args.plots)
+    if args.frontier:
+        result["plots"] += write_frontier_plots(result["frontier"], args.plots)
     result["complete"] = True
     write_json(args.out, result)
     print_summary(result)

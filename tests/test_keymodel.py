@@ -104,6 +104,25 @@ def test_cached_beam_search_finds_the_keys_of_hugging_faces_generate(family_mode
         assert all(fm.count([t for t in k if t != km.eos_id]) > 0 for k in mine)  # eos: forced at a document end
 
 
+def test_sources_of_different_lengths_and_anchors_decode_together_as_apart(family_model):
+    """One beam search over a body source (5 tokens) and a title source (anchored at a document start, 3 tokens),
+    as SEAL decodes a query, finds what each source's own search finds."""
+    _, _, km = family_model
+    fm = FMIndex.build([km.tokens(d) for d in DOCS])
+    body, title = "what causes scurvy || body", "what causes scurvy || title"
+    anchors = {(): IndexConstraint(fm, km.eos_id, vocab_size=km.vocab_size),
+               (FMIndex.BOUNDARY,): IndexConstraint(fm, km.eos_id, force_prefix=(FMIndex.BOUNDARY,), vocab_size=km.vocab_size)}
+    per_source = [(), (FMIndex.BOUNDARY,)]
+    together = diverse_beam_search(km, [body, title], num_beams=4, max_new_tokens=[5, 3],
+                                   allowed=lambda b, prefix: anchors[per_source[b]](b, prefix))
+    apart = [diverse_beam_search(km, [source], num_beams=4, max_new_tokens=length, allowed=anchors[anchor])[0]
+             for source, length, anchor in ((body, 5, ()), (title, 3, (FMIndex.BOUNDARY,)))]
+    for mine, theirs in zip(together, apart):
+        assert set(mine) == set(theirs)
+        assert all(mine[k] == pytest.approx(theirs[k], abs=1e-4) for k in theirs)
+    assert max(map(len, together[0])) == 5 and max(map(len, together[1])) <= 3
+
+
 def test_scores_from_the_read_once_source_equal_a_full_forward(family_model):
     """score_keys (keys continuing the cached source) == the sum of target_logprobs (one full forward)."""
     _, _, km = family_model

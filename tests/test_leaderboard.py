@@ -143,3 +143,15 @@ def test_rows_limited_to_some_tasks_and_runs_limited_to_some_rows(tmp_path):
     assert reasons[("BM25", "scifact")] == "not computed yet"
     with pytest.raises(DataError, match="field 'tasks': expected a list of the board's tasks"):
         read_board(board_file(tmp_path, text.replace("tasks: [scifact]", "tasks: [qmsum]")))
+
+
+def test_a_task_revision_invalidates_the_cells_cached_before_it(monkeypatch, tmp_path):
+    """squad-pages changed its questions (the held-out half only): its cells cached before must not be reused."""
+    from eval import suite
+    from eval.leaderboard import Row, Task, cell_key
+
+    row, root = Row("BM25", "bm25"), tmp_path
+    revised, scifact = cell_key(row, Task("squad-pages", 200), root), cell_key(row, Task("scifact"), root)
+    monkeypatch.setattr(suite, "TASK_REVISIONS", {})
+    assert cell_key(row, Task("squad-pages", 200), root) != revised
+    assert cell_key(row, Task("scifact"), root) == scifact  # an unrevised task keeps its cached cells

@@ -203,6 +203,23 @@ def test_title_keys_start_at_document_starts(tiny_seal):
         assert all(offset == 0 for _, offset in tiny_seal.fm.locate(list(key)))
 
 
+def test_title_keys_off_drops_only_the_title_keys(tiny_seal):
+    query = ["vitamin deficiency in elderly people"]
+    every = tiny_seal.generate_keys(query)[0]
+    tiny_seal.set_search_options(use_index_frequency=False)  # a random model's keys weigh 0 otherwise
+    with_titles = tiny_seal.rank(query[0], every, 10)
+    tiny_seal.set_search_options(title_keys=False)
+    try:
+        bodies = tiny_seal.generate_keys(query)[0]
+        # a dev choice ranks keys generated with titles as if titles were off: the same ranking
+        assert tiny_seal.rank(query[0], every, 10) == tiny_seal.rank(query[0], bodies, 10) != with_titles
+    finally:
+        tiny_seal.set_search_options(title_keys=True, use_index_frequency=True)
+    assert any(k[0] == B for k in every) and not any(k[0] == B for k in bodies)
+    assert bodies.keys() == {k for k in every if k[0] != B}
+    assert all(bodies[k] == pytest.approx(every[k], abs=1e-4) for k in bodies)
+
+
 def test_unconstrained_ablation_still_keeps_only_corpus_keys(tiny_seal):
     tiny_seal.set_search_options(constrained=False)
     try:

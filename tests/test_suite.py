@@ -110,8 +110,14 @@ def test_squad_pages_task_scores_page_retrieval_as_kilt_does(tmp_path):
     with gzip.open(folder / "pages.jsonl.gz", "wt") as out:
         for title, text in pages:
             out.write(json.dumps({"_id": title, "title": title, "text": text}) + "\n")
-    (folder / "queries.jsonl").write_text(json.dumps({"_id": "a", "text": "lack of vitamin C"}) + "\n"
-                                          + json.dumps({"_id": "b", "text": "what lowers blood glucose"}) + "\n")
-    (folder / "qrels" / "test-page.tsv").write_text("query-id\tcorpus-id\tscore\na\tScurvy\t1\nb\tInsulin\t1\n")
+    questions = {"a": ("lack of vitamin C", "Scurvy"), "b": ("what lowers blood glucose", "Insulin"),
+                 "c": ("vitamin C lack causes what", "Scurvy"), "d": ("insulin lowers what", "Insulin")}
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, (t, _) in questions.items()))
+    (folder / "qrels" / "test-page.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{page}\t1\n" for q, (_, page) in questions.items()))
     (record,) = run_suite("bm25", tmp_path / "results", data_root=root, tasks=["squad-pages"])
     assert (record.family, record.main_metric, record.score, record.num_queries) == ("KILT", "r-precision", 1.0, 2)
+    # only the questions the SQuAD recipes hold out (CorpusBrain's and UGR's seeded half) are scored
+    from training.generative_eval import split_queries
+
+    trained, held_out = split_queries(questions, 0.5, 0)
+    assert len(trained) == len(held_out) == 2 and not set(trained) & set(held_out)

@@ -408,6 +408,7 @@ def test_recipe_trains_multitask_and_per_task_models_and_reloads(tmp_path):
     config = tmp_path / "ugr.yaml"
     config.write_text(f"data: {shared('squad-v1.1-dev').parent}\ngranularities: [page, paragraph]\ntrain_queries: 4\n"
                       "designs: [soft]\nmax_steps: 2\nbatch_size: 4\ntest_sample: 4\nverify_queries: 4\n"
+                      "dev_sample: 4\ndev_choices: [{}, {unigram_scores: false}]\n"
                       "search: {beam: 2, length: 3, title_length: 4}\nbaselines: [bm25]\n"
                       f"out: {tmp_path / 'out'}\nreport: {tmp_path / 'report'}\n")
     for flag in ([], ["--verify"]):
@@ -418,6 +419,9 @@ def test_recipe_trains_multitask_and_per_task_models_and_reloads(tmp_path):
     assert rows == [("ugr-multitask-soft", "paragraph"), ("ugr-multitask-soft", "page"), ("ugr-single-page", "page"),
                     ("ugr-single-paragraph", "paragraph"), ("bm25", "page"), ("bm25", "paragraph")]
     assert all(r["ms_per_query"] > 0 and "ndcg@10" in r["metrics"] for r in results["rows"])
+    for row in results["rows"][:4]:  # each UGR row chose its scoring options on 4 held-out training queries
+        assert row["dev"]["queries"] == 4 and row["dev"]["chosen"] in ({}, {"unigram_scores": False})
+        assert row["options"].items() >= row["dev"]["chosen"].items()
     training = results["training"]
     assert training["multitask-soft"]["steps"] == 2 and set(training["single-page"]) >= {"examples_page", "signature"}
     assert training["multitask-soft"]["examples"] == training["single-page"]["examples"] + training["single-paragraph"]["examples"]
@@ -425,6 +429,23 @@ def test_recipe_trains_multitask_and_per_task_models_and_reloads(tmp_path):
         assert json.loads((tmp_path / "out" / f"verify-multitask-soft-{g}.json").read_text())["identical"] is True
         assert len(list((tmp_path / "report").glob(f"squad-v1.1-dev-ugr-{g}-*.json"))) == 3
     assert "| ugr-multitask-soft |" in (tmp_path / "out" / "designs.md").read_text()
+
+
+def test_dev_queries_are_training_queries_that_did_not_train():
+    from training.ugr import DEFAULTS, dev_sets, load_units, sampled_tests, training_examples
+
+    config = {**DEFAULTS, "data": str(shared("squad-v1.1-dev").parent), "granularities": ["page", "paragraph"],
+              "train_queries": 30, "dev_sample": 20, "dev_choices": [{}]}
+    units = load_units(config)
+    devs, tests = dev_sets(units, config), sampled_tests(units, config)
+    examples = training_examples(units, config)
+    for g, dev in devs.items():
+        trained = {s.split(" || ")[0] for s, _ in examples[g]}  # the training queries' texts, as sources carry them
+        assert len(trained) >= 25
+        assert len(dev.queries) == 20 and dev.queries.keys() <= units[g].split("train").queries.keys()
+        assert not set(dev.queries) & set(tests[g].queries)
+        assert not {t for t in dev.queries.values()} & trained
+    assert dev_sets(units, {**config, "dev_choices": []}) is None
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "training" / "configs").glob("ugr*.yaml")))

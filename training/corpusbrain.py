@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from training.generative_eval import (config_signature, recipe_args, evaluate_baselines, load_run, print_table, run_digest, rewrite_records,
-                                       sample_queries, save_run, timed_search, verify_reload, write_records)
+                                       sample_queries, save_run, split_queries, timed_search, verify_reload, write_records)
 from training.keymodel_train import start_keymodel, train_or_reuse
 from training.recipe import read_recipe, write_results
 
@@ -78,10 +78,7 @@ def load_data(config: dict):
                           name=folder.name, split=config["split"])
     else:
         dataset = load_dataset(folder, config["split"])
-    ids = sorted(dataset.queries)
-    random.Random(config["seed"]).shuffle(ids)
-    cut = round(len(ids) * config["finetune_fraction"])
-    train, test = sorted(ids[:cut]), sorted(ids[cut:])
+    train, test = split_queries(dataset.queries, config["finetune_fraction"], config["seed"])
     test = sample_queries({q: dataset.queries[q] for q in test}, config["test_sample"], config["seed"])
     return dataset, {q: dataset.queries[q] for q in train}, test
 

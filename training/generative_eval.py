@@ -30,6 +30,15 @@ def sample_queries(queries: dict[str, str], n: int | None, seed: int) -> dict[st
     return {q: queries[q] for q in chosen}
 
 
+def split_queries(ids, fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, test) query ids: the sorted ids shuffled with `seed`, the first `fraction` of them train. The
+    SQuAD recipes (CorpusBrain, UGR) split questions so; the leaderboard's squad-pages task scores the test half."""
+    ids = sorted(ids)
+    random.Random(seed).shuffle(ids)
+    cut = round(len(ids) * fraction)
+    return sorted(ids[:cut]), sorted(ids[cut:])
+
+
 def timed_search(retriever, queries: dict[str, str], depth: int) -> tuple[dict, float]:
     started = time.perf_counter()
     run = retriever.search(queries, k=depth)

@@ -83,7 +83,7 @@ ABLATIONS = {  # name -> search options that differ from the full model
 ABLATION_OPTIONS = sorted({k for options in ABLATIONS.values() for k in options})
 # options that change only how keys score, so one generation of keys serves every choice
 SCORING_OPTIONS = {"unigram_scores", "single_key", "use_index_frequency", "whole_words", "content_keys", "alpha", "beta",
-                   "smoothing", "max_hits", "fully_score"}
+                   "smoothing", "max_hits", "fully_score", "title_keys"}  # title_keys: false ranks without the title keys
 
 
 # ---------------------------------------------------------------------------------------- data

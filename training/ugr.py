@@ -16,7 +16,9 @@ them at four granularities against BM25 and dense.
    paragraphs and their pages; SciFact: sentences and their abstracts), one FM-index each.
 5. Evaluation on a seeded `test_sample` of each granularity's test queries: every model at every
    granularity it was trained for, BM25 and dense on the same units; metrics from pytrec_eval, latency
-   per query; runs, results.json, a prompt-design table and leaderboard records.
+   per query; runs, results.json, a prompt-design table and leaderboard records. With `dev_choices`,
+   each granularity first chooses its scoring options (as SEAL's recipe does) on a seeded `dev_sample`
+   of its training queries that did not train (never a test query).
 
     dengen train ugr --config training/configs/ugr.yaml
     dengen train ugr --config training/configs/ugr.yaml --verify   # reload the saved indexes in a new process
@@ -24,13 +26,15 @@ them at four granularities against BM25 and dense.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 from pathlib import Path
 
 from training.generative_eval import (config_signature, recipe_args, evaluate_baselines, load_run, run_digest, rewrite_records, sample_queries,
-                                       save_run, timed_search, verify_reload, write_records)
+                                       save_run, split_queries, timed_search, verify_reload, write_records)
 from training.keymodel_train import start_keymodel, train_or_reuse
+from training.seal import check_dev_choices
 from training.recipe import read_recipe, write_results
 
 DEFAULTS = {
@@ -59,6 +63,8 @@ DEFAULTS = {
     "device": "auto",
     "search": {},  # SEAL search options for every UGR index (retrieval.generative.seal.SEARCH_DEFAULTS)
     "test_sample": 50,  # per granularity (null: every test query)
+    "dev_sample": 50,  # per granularity: held-out training queries that choose among dev_choices
+    "dev_choices": [],  # scoring options over `search` (training.seal.SCORING_OPTIONS), chosen per granularity
     "baselines": ["bm25", "dense:model=minilm,index=Flat"],
     "verify_queries": 16,  # a multiple of the search batch size (batches pad queries together)
     "depth": 100,
@@ -85,13 +91,11 @@ def load_units(config: dict) -> dict:
     units = {g: granularity_corpus(g, config["data"]) for g in config["granularities"]}
     squad = [g for g in ("page", "paragraph") if g in units]
     if squad:  # SQuAD has test questions only: the same seeded share trains at both granularities
-        ids = sorted(set.intersection(*(set(units[g].splits["test"][0]) for g in squad)))
-        random.Random(config["seed"]).shuffle(ids)
-        cut = round(len(ids) * config["squad_train_fraction"])
+        ids = set.intersection(*(set(units[g].splits["test"][0]) for g in squad))
+        parts = dict(zip(("train", "test"), split_queries(ids, config["squad_train_fraction"], config["seed"])))
         for g in squad:
             queries, qrels = units[g].splits["test"]
-            units[g].splits = {split: ({q: queries[q] for q in sorted(part)}, {q: qrels[q] for q in sorted(part)})
-                               for split, part in (("train", ids[:cut]), ("test", ids[cut:]))}
+            units[g].splits = {split: ({q: queries[q] for q in part}, {q: qrels[q] for q in part}) for split, part in parts.items()}
     return units
 
 
@@ -147,12 +151,14 @@ def train_models(out: Path, units: dict, config: dict) -> dict[str, dict]:
     return models
 
 
-def evaluate(out: Path, units: dict, models: dict, tests: dict, config: dict) -> list[dict]:
+def evaluate(out: Path, units: dict, models: dict, tests: dict, config: dict, devs: dict | None = None) -> list[dict]:
     """Rows: every model at each granularity it was trained for, then the baselines per granularity.
-    `tests`: {granularity: the sampled test Dataset}."""
+    `tests`: {granularity: the sampled test Dataset}; `devs`: {granularity: held-out training queries}
+    that choose each granularity's scoring options among `dev_choices` (None: the `search` options)."""
     from eval.metrics import evaluate_run
     from indexes.manifest import folder_bytes
     from retrieval import build_retriever, load_retriever
+    from training.seal import SCORING_OPTIONS, choose_on_dev
 
     rows = []
     for name, model in models.items():
@@ -167,12 +173,16 @@ def evaluate(out: Path, units: dict, models: dict, tests: dict, config: dict) ->
             built.save(index, overwrite=True)  # the recipe's own output
             retriever = load_retriever(index)  # searched as a user would, from the saved folder
             model_bytes = folder_bytes(retriever.path / "model")  # the generation it loaded
+            scoring = {k: retriever.config[k] for k in SCORING_OPTIONS}  # the recipe's, before any granularity's choice
             for g in wanted:
-                retriever.set_search_options(granularity=g)
+                retriever.set_search_options(granularity=g, **scoring)
+                dev = choose_on_dev(retriever, devs[g], {**config, "dev_split": "train"}) if devs else None
                 run, latency = timed_search(retriever, tests[g].queries, config["depth"])
                 save_run(run, run_stem(out, name, g))
                 rows.append({"name": f"ugr-{name}", "dataset": DATASET[g], "split": f"ugr-{g}", "granularity": g,
-                             "queries": len(tests[g].queries), "options": {"granularity": g, "prompt": model["design"], "model": name},
+                             "queries": len(tests[g].queries), "options": {"granularity": g, "prompt": model["design"], "model": name,
+                                                                          **(dev["chosen"] if dev else {})},
+                             **({"dev": dev} if dev else {}),
                              "metrics": evaluate_run(tests[g].qrels, run, ks=config["ks"]),
                              "ms_per_query": round(latency, 1), "index_bytes": folder_bytes(index) - model_bytes,
                              "model_bytes": model_bytes, "build_seconds": round(built.build_seconds, 1)})
@@ -190,6 +200,21 @@ def sampled_tests(units: dict, config: dict) -> dict:
         queries = sample_queries(test.queries, config["test_sample"], config["seed"])
         tests[g] = dataclasses.replace(test, queries=queries, qrels={q: test.qrels[q] for q in queries})
     return tests
+
+
+def dev_sets(units: dict, config: dict) -> dict | None:
+    """{granularity: a seeded `dev_sample` of its training queries outside the training sample} (None
+    without `dev_choices`)."""
+    if not config["dev_choices"]:
+        return None
+    devs = {}
+    for g, unit in units.items():
+        train = unit.split("train")
+        trained = sample_queries(train.queries, config["train_queries"], config["seed"])  # as training_examples draws them
+        pool = {q: text for q, text in train.queries.items() if q not in trained and train.qrels.get(q)}
+        chosen = sample_queries(pool, config["dev_sample"], config["seed"] + 1)
+        devs[g] = dataclasses.replace(train, queries=chosen, qrels={q: train.qrels[q] for q in chosen})
+    return devs
 
 
 def run_stem(out: Path, model: str, granularity: str) -> Path:
@@ -226,17 +251,22 @@ def main(argv: list[str] | None = None) -> dict:
     units = load_units(config)
     tests = sampled_tests(units, config)
     if args.verify:  # the first multi-task model (or per-task models), every granularity, from its saved index
-        verdicts = {}
+        verdicts, chosen = {}, {}
+        if (out / "results.json").is_file():  # the scoring options each granularity chose on its dev queries
+            chosen = {(r["options"]["model"], r["granularity"]): r["dev"]["chosen"]
+                      for r in json.loads((out / "results.json").read_text())["rows"] if "dev" in r}
         for name in ([f"multitask-{config['designs'][0]}"] if config["designs"] else [f"single-{g}" for g in units]):
             for g in units:
                 index, saved = out / "indexes" / f"{name}-{corpus_of(g)}", run_stem(out, name, g).with_suffix(".json")
                 if index.is_dir() and saved.is_file():
                     verdicts[f"{name}-{g}"] = verify_reload(out, index, saved, tests[g].queries, config,
-                                                            options={"granularity": g}, name=f"verify-{name}-{g}")
+                                                            options={"granularity": g, **chosen.get((name, g), {})},
+                                                            name=f"verify-{name}-{g}")
         return verdicts
 
+    check_dev_choices({**config, "dev_split": "train"}, str(args.config))
     models = train_models(out, units, config)
-    rows = evaluate(out, units, models, tests, config)
+    rows = evaluate(out, units, models, tests, config, dev_sets(units, config))
     report = {"config": config, "training": {n: m["training"] for n, m in models.items()},
               "queries": {g: len(t.queries) for g, t in tests.items()}, "rows": rows,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

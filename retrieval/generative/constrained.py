@@ -114,7 +114,7 @@ class KeyRecorder:
 
 
 def diverse_beam_search(keymodel, sources: "list[str] | SourceContext", *, num_beams: int, groups: int = 1, penalty: float = 0.0,
-                        max_new_tokens: int, allowed=None) -> list[dict[tuple[int, ...], float]]:
+                        max_new_tokens: "int | list[int]", allowed=None) -> list[dict[tuple[int, ...], float]]:
     """Diverse beam search (Vijayakumar et al., AAAI 2018) with Hamming diversity; returns the keys.
 
     The beams split into `groups` groups searched one after another at each step; a group's candidates
@@ -122,6 +122,8 @@ def diverse_beam_search(keymodel, sources: "list[str] | SourceContext", *, num_b
     scores decide the beams, as in the paper). Keys are recorded as `KeyRecorder` does: the top
     2 x group-size candidates of every group and step, with their true log-probabilities. With one
     group and no penalty this is beam search (the tests check it against Hugging Face's).
+    `max_new_tokens` is one length for all sources or one per source (sources of different lengths share
+    each step's forward pass until the shorter ones stop).
 
     Hugging Face `generate` moved group beam search to a hub repository (unreachable offline), hence this
     loop. Each source is read once (`KeyModel.context`: the prompt's key/value cache, or the encoder
@@ -138,12 +140,14 @@ def diverse_beam_search(keymodel, sources: "list[str] | SourceContext", *, num_b
     context = sources if isinstance(sources, SourceContext) else keymodel.context(sources)
     sources = context.sources
     keys: list[dict[tuple[int, ...], float]] = [{} for _ in sources]
+    limits = [max_new_tokens] * len(sources) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     # per source and group: running beams as (prefix, penalised score, log-probability)
     beams = [[[((), 0.0, 0.0)] for _ in range(groups)] for _ in sources]
     state = keymodel.decoding_state(context)  # one row per source; then one per running beam
     state_row = {(b, g, ()): b for b in range(len(sources)) for g in range(groups)}  # a beam's row in `state`
-    for step_number in range(max_new_tokens):
-        rows = [(b, g, beam) for b in range(len(sources)) for g in range(groups) for beam in beams[b][g]]
+    for step_number in range(max(limits, default=0)):
+        live = [b for b in range(len(sources)) if step_number < limits[b]]
+        rows = [(b, g, beam) for b in live for g in range(groups) for beam in beams[b][g]]
         if not rows:
             break
         if step_number == 0:
@@ -161,7 +165,7 @@ def diverse_beam_search(keymodel, sources: "list[str] | SourceContext", *, num_b
         row_of = {(b, g, beam[0]): i for i, (b, g, beam) in enumerate(rows)}
         if step_number > 0:
             state_row = row_of  # `state` now holds this step's rows
-        for b in range(len(sources)):
+        for b in live:
             chosen = torch.zeros(logprobs.shape[1])
             for g in range(groups):
                 running = beams[b][g]
