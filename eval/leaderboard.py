@@ -362,6 +362,7 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
                 if ctx is None:
                     if train:
                         ensure_trained(row)
+                        key = cell_key(row, task, root)  # the recipe may have just written the files the key covers
                     ctx = SuiteRun(row.retriever, root)
                 ctx.sample = task.sample
                 run = retrieval_task(Path(task.name[5:]).resolve()) if task.name.startswith("beir:") else TASKS[task.name]

@@ -155,3 +155,28 @@ def test_a_task_revision_invalidates_the_cells_cached_before_it(monkeypatch, tmp
     monkeypatch.setattr(suite, "TASK_REVISIONS", {})
     assert cell_key(row, Task("squad-pages", 200), root) != revised
     assert cell_key(row, Task("scifact"), root) == scifact  # an unrevised task keeps its cached cells
+
+
+def test_a_cell_computed_right_after_its_recipe_trained_is_reused(monkeypatch, tmp_path):
+    """The first cell of a trained row is keyed on the model files its recipe has just written, not on the
+    files before training (else every later run computed that cell again)."""
+    import eval.leaderboard as leaderboard
+    from retrieval import build_retriever
+    from retrieval.data import load_dataset
+
+    root, model, trained = data_root(tmp_path), tmp_path / "trained", []
+    retriever = build_retriever("bm25")
+    retriever.index(load_dataset(root / "limit-small").corpus)
+    retriever.save(model)  # an earlier model: the recipe's settings changed, so it trains again once
+
+    def train(row):  # stands in for a recipe: rewrites the row's model the first time it is asked
+        if not trained:
+            trained.append(row.name)
+            retriever.save(model, overwrite=True)
+
+    monkeypatch.setattr(leaderboard, "ensure_trained", train)
+    text = f"title: t\ntasks:\n  - {{name: limit, sample: 50}}\nrows:\n  - name: trained\n    retriever: {model}\n"
+    first = run_board(read_board(board_file(tmp_path, text)), tmp_path / "out", root)
+    again = run_board(read_board(board_file(tmp_path, text)), tmp_path / "out", root)
+    assert trained == ["trained"]
+    assert first.computed == 1 and again.computed == 0 and again.results == first.results
