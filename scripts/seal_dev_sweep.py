@@ -12,7 +12,6 @@ Writes FOLDER/dev-sweep-OPTION.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,9 +20,10 @@ import yaml
 
 from bench_common import write_json
 from eval.metrics import evaluate_run
-from retrieval import load_dataset, load_retriever
-from training.generative_eval import sample_queries
-from training.seal import DEFAULTS, dev_dataset
+from retrieval import load_retriever
+from retrieval.errors import SpecError
+from retrieval.generative.seal import SEARCH_DEFAULTS
+from training.seal import recipe_queries
 
 
 def main() -> None:
@@ -33,15 +33,16 @@ def main() -> None:
     parser.add_argument("values", type=lambda text: [yaml.safe_load(v) for v in text.split(",")], help="comma-separated values")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    config = {**DEFAULTS, **json.loads((args.folder / "results.json").read_text())["config"]}
-    test = load_dataset(config["data"], config["test_split"])
-    dev = dev_dataset(config, sample_queries(test.queries, config["query_sample"], config["seed"]))
+    if args.option not in SEARCH_DEFAULTS:  # before anything loads
+        parser.error(f"{args.option!r} is not a SEAL search option; choose from {', '.join(sorted(SEARCH_DEFAULTS))}")
+    try:
+        config, _, _, dev = recipe_queries(args.folder)
+    except SpecError as err:
+        parser.error(str(err))
     if dev is None:
         parser.error(f"{args.folder}: the recipe has no dev queries (dev_split)")
     torch.set_num_threads(args.threads)
     retriever = load_retriever(args.folder / "index")
-    if args.option not in retriever.config:
-        parser.error(f"{args.option!r} is not a SEAL search option")
     rows = []
     for value in args.values:
         retriever.set_search_options(**{args.option: value})

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import time
 from pathlib import Path
 
 from bench_common import write_json
 from eval.metrics import evaluate_run
-from retrieval import load_dataset, load_retriever
+from retrieval import load_retriever
+from retrieval.errors import SpecError
 from retrieval.hybrid import HybridRetriever, fuse
 from retrieval.run import ranked
-from training.generative_eval import sample_queries
-from training.seal import DEFAULTS, dev_dataset
+from training.seal import recipe_queries
 
 MAIN = "ndcg@10"
 
@@ -50,13 +49,13 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every query of the test split, not the recipe's sample")
     parser.add_argument("--weights", type=weight_list, default=[0.25, 0.5, 0.75, 1.0], help="SEAL weights to choose from on the dev queries")
     args = parser.parse_args()
-    config = {**DEFAULTS, **json.loads((args.folder / "results.json").read_text())["config"]}
+    try:
+        config, test, sample, dev = recipe_queries(args.folder)
+    except SpecError as err:
+        parser.error(str(err))
     grid = args.weights
-    test = load_dataset(config["data"], config["test_split"])
-    sample = sample_queries(test.queries, config["query_sample"], config["seed"])
     queries = test.queries if args.all else sample
     qrels = {q: test.qrels[q] for q in queries if q in test.qrels}
-    dev = dev_dataset(config, sample)
     if dev is None:
         parser.error(f"{args.folder}: the recipe has no dev queries (dev_split) to choose SEAL's weight on")
     members = [load_retriever(args.folder / "baselines" / name) for name in ("bm25", "dense")] + [load_retriever(args.folder / "index")]

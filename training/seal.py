@@ -203,6 +203,22 @@ def dev_dataset(config: dict, test_queries: dict[str, str]):
     return dataclasses.replace(full, queries=chosen, qrels={q: full.qrels[q] for q in chosen})
 
 
+def recipe_queries(folder: Path) -> tuple[dict, object, dict[str, str], object]:
+    """What a folder written by `dengen train seal` was run on: (config, test Dataset, the recipe's test sample,
+    the dev Dataset or None). A folder without results.json is a SpecError naming it."""
+    import json
+
+    from retrieval import load_dataset
+
+    results = Path(folder) / "results.json"
+    if not results.is_file():
+        raise SpecError(f"{folder}: no results.json here, so it is not a folder written by `dengen train seal`")
+    config = {**DEFAULTS, **json.loads(results.read_text(encoding="utf-8"))["config"]}
+    test = load_dataset(config["data"], config["test_split"])
+    sample = sample_queries(test.queries, config["query_sample"], config["seed"])
+    return config, test, sample, dev_dataset(config, sample)
+
+
 def check_dev_choices(config: dict, where: str = "recipe") -> None:
     """Refuse, before any training, a dev choice that is not a scoring option (`where`: the config file)."""
     for choice in config["dev_choices"]:

@@ -99,14 +99,19 @@ def load_units(config: dict) -> dict:
     return units
 
 
+def training_queries(unit, config: dict) -> dict[str, str]:
+    """The seeded sample of `train_queries` training queries a granularity trains on (the rest may be dev queries)."""
+    return sample_queries(unit.splits["train"][0], config["train_queries"], config["seed"])
+
+
 def training_examples(units: dict, config: dict) -> dict[str, list]:
     """{granularity: tagged (source, target) pairs} from a seeded sample of `train_queries` training queries."""
     from training.ugr_data import granularity_examples
 
     examples = {}
     for g, unit in units.items():
-        queries, qrels = unit.splits["train"]
-        chosen = sample_queries(queries, config["train_queries"], config["seed"])
+        qrels = unit.splits["train"][1]
+        chosen = training_queries(unit, config)
         sampled = dataclasses.replace(unit, splits={"train": (chosen, {q: qrels[q] for q in chosen})})
         examples[g] = granularity_examples(sampled, "train", config, random.Random(config["seed"]))
     return examples
@@ -176,7 +181,7 @@ def evaluate(out: Path, units: dict, models: dict, tests: dict, config: dict, de
             scoring = {k: retriever.config[k] for k in SCORING_OPTIONS}  # the recipe's, before any granularity's choice
             for g in wanted:
                 retriever.set_search_options(granularity=g, **scoring)
-                dev = choose_on_dev(retriever, devs[g], {**config, "dev_split": "train"}) if devs else None
+                dev = choose_on_dev(retriever, devs[g], config) if devs else None
                 run, latency = timed_search(retriever, tests[g].queries, config["depth"])
                 save_run(run, run_stem(out, name, g))
                 rows.append({"name": f"ugr-{name}", "dataset": DATASET[g], "split": f"ugr-{g}", "granularity": g,
@@ -209,8 +214,7 @@ def dev_sets(units: dict, config: dict) -> dict | None:
         return None
     devs = {}
     for g, unit in units.items():
-        train = unit.split("train")
-        trained = sample_queries(train.queries, config["train_queries"], config["seed"])  # as training_examples draws them
+        train, trained = unit.split("train"), training_queries(unit, config)
         pool = {q: text for q, text in train.queries.items() if q not in trained and train.qrels.get(q)}
         chosen = sample_queries(pool, config["dev_sample"], config["seed"] + 1)
         devs[g] = dataclasses.replace(train, queries=chosen, qrels={q: train.qrels[q] for q in chosen})
@@ -240,7 +244,7 @@ def design_table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = recipe_args("ugr", __doc__, argv)
     config = read_recipe(args.config, DEFAULTS)
-    config["test_split"] = "test"
+    config["test_split"], config["dev_split"] = "test", "train"  # UGR's splits; dev queries: training ones that did not train
     out = Path(config["out"])
     if args.records:
         return rewrite_records(out, "ugr", DEFAULTS)
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                             name=f"verify-{name}-{g}")
         return verdicts
 
-    check_dev_choices({**config, "dev_split": "train"}, str(args.config))
+    check_dev_choices(config, str(args.config))
     models = train_models(out, units, config)
     rows = evaluate(out, units, models, tests, config, dev_sets(units, config))
     report = {"config": config, "training": {n: m["training"] for n, m in models.items()},
