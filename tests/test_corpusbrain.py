@@ -133,6 +133,17 @@ def test_recipe_pretrains_finetunes_evaluates_and_reloads(tmp_path):
     assert (tmp_path / "out" / "kilt" / "gold.jsonl").is_file() and (tmp_path / "out" / "kilt" / "corpusbrain.jsonl").is_file()
 
 
+def test_an_added_key_at_its_default_keeps_saved_models_reusable():
+    from training.corpusbrain import DEFAULTS, STAGE_KEYS, signature
+    from training.generative_eval import config_signature
+
+    config = dict(DEFAULTS)
+    before = config_signature(config, STAGE_KEYS["pretrained"])  # the hash models were saved under before iss_per_doc
+    assert signature(config, "pretrained") == before
+    assert signature({**config, "iss_per_doc": 100}, "pretrained") != before
+    assert signature({**config, "iss_per_doc": 100}, "finetuned") != signature(config, "finetuned")
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "training" / "configs").glob("corpusbrain-*.yaml")))
 def test_shipped_configs_read(name):
     from training.corpusbrain import DEFAULTS

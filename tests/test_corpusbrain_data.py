@@ -97,6 +97,11 @@ def test_iss_sources_are_sentences_of_the_target_document(pages, squad3):
     squad_examples = iss_examples(squad3, random.Random(2))
     assert Counter(e.target for e in squad_examples) == {d.title: 12 for d in squad3}
     assert len({e.source for e in squad_examples}) == 36
+    # iss_per_doc lifts the cap: every qualifying sentence of a page, once each
+    every = pretraining_examples(squad3, random.Random(2), tasks=["ISS"], iss_per_doc=10**6)
+    qualifying = {d.title: sum(1 for p in paragraphs_of(d) for s in split_sentences(p) if len(s.split()) > 10) for d in squad3}
+    assert Counter(e.target for e in every.examples) == qualifying and min(qualifying.values()) > 12
+    assert len({e.source for e in every.examples}) == every.counts["ISS"]
 
 
 def test_lps_worked_case():

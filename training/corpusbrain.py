@@ -35,6 +35,7 @@ DEFAULTS = {
     "max_source_tokens": 64,  # sources are cut to this many tokens (the reference: BART's 1024 positions)
     "min_title_chars": 4,  # CorpusBrain's page filter (utils/filter_corpus.py)
     "min_doc_words": 128,
+    "iss_per_doc": 12,  # ISS sentences per page (the reference's 12; a small corpus can afford all of them)
     "pretrain_epochs": 10,
     "finetune_fraction": 0.5,  # share of the queries that fine-tunes (0: pre-training only, all queries test)
     "finetune_epochs": 1,
@@ -62,6 +63,7 @@ STAGE_KEYS = {  # the config keys each stage's model depends on (a saved model w
                    "pretrain_epochs", "batch_size", "lr", "warmup", "max_steps", "max_target_tokens", "seed"],
     "finetuned": ["split", "finetune_fraction", "finetune_epochs"],
 }
+ADDED_KEYS = ["iss_per_doc"]  # pre-training keys
 
 
 def load_data(config: dict):
@@ -84,7 +86,10 @@ def load_data(config: dict):
 
 
 def signature(config: dict, stage: str) -> str:
-    return config_signature(config, STAGE_KEYS["pretrained"] + (STAGE_KEYS["finetuned"] if stage == "finetuned" else []))
+    keys = STAGE_KEYS["pretrained"] + (STAGE_KEYS["finetuned"] if stage == "finetuned" else [])
+    # keys added after models were saved join the hash only when set, so those models stay reusable
+    keys += [k for k in ADDED_KEYS if config[k] != DEFAULTS[k]]
+    return config_signature(config, keys)
 
 
 def train_stage(folder: Path, stage: str, config: dict, start, examples: list[tuple[str, str]], epochs: int) -> dict:
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     identifiers = dict(zip(dataset.corpus.ids, _identifier_texts(dataset.corpus, config["identifier"])))
     pages = [d._replace(title=identifiers[d.id]) for d in dataset.corpus]
     pretraining = pretraining_examples(pages, random.Random(config["seed"]), min_title_chars=config["min_title_chars"],
-                                       min_doc_words=config["min_doc_words"])
+                                       min_doc_words=config["min_doc_words"], iss_per_doc=config["iss_per_doc"])
     info = {"pretraining_examples": pretraining.counts, "pretraining_stats": pretraining.stats}
     info["pretrained"] = train_stage(out / "pretrained", "pretrained", config,
                                      lambda: start_keymodel(config, max_source_tokens=config["max_source_tokens"]),

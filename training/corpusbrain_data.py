@@ -416,12 +416,14 @@ def pretraining_examples(
     min_doc_words: int = MIN_DOC_WORDS,
     shuffle: bool = True,
     max_source_words: int | None = None,
+    iss_per_doc: int = ISS_PER_DOC,
 ) -> PretrainingSet:
     """All three tasks over one corpus, mixed as the reference mixes them: every example of every task,
     shuffled together (fairseq shuffles the one training file); HIP only for LinkedPages with links.
 
     Pages are first filtered as ``utils/filter_corpus.py`` does: titles of fewer than ``min_title_chars``
     characters and bodies of fewer than ``min_doc_words`` words are skipped (counted in ``stats``).
+    ``iss_per_doc`` caps the ISS sentences per page (12: the reference's number, sized for millions of pages).
     Returns ``PretrainingSet(examples, counts per task, stats)``.
     """
     unknown = sorted(set(tasks) - set(TASKS))
@@ -444,7 +446,8 @@ def pretraining_examples(
     per_task: dict[str, Counter] = {task: Counter() for task in TASKS}
     examples: list[Example] = []
     if "ISS" in tasks:
-        examples += iss_examples(kept, rng, titles=titles, max_source_words=max_source_words, stats=per_task["ISS"])
+        examples += iss_examples(kept, rng, titles=titles, max_source_words=max_source_words, per_doc=iss_per_doc,
+                                 stats=per_task["ISS"])
     if "LPS" in tasks:
         examples += lps_examples(
             kept, rng, paragraphs=paragraphs, titles=titles, max_source_words=max_source_words, stats=per_task["LPS"]
