@@ -63,7 +63,7 @@ STAGE_KEYS = {  # the config keys each stage's model depends on (a saved model w
                    "pretrain_epochs", "batch_size", "lr", "warmup", "max_steps", "max_target_tokens", "seed"],
     "finetuned": ["split", "finetune_fraction", "finetune_epochs"],
 }
-ADDED_KEYS = ["iss_per_doc"]  # pre-training keys
+ADDED_KEYS = ["iss_per_doc"]  # pre-training keys added after models were saved: hashed only when not at their default
 
 
 def load_data(config: dict):
