@@ -17,7 +17,7 @@ BLAS_MIN_VALUES = 49_152  # queries x dimensions from which exhaustive search mu
 
 
 @cache
-def _faiss():
+def faiss_module():
     """faiss, with exhaustive search (Flat, IVF's coarse quantizer) multiplying matrices from BLAS_MIN_VALUES.
     faiss 1.15 does so only from 128,000 query x dimension values (333 384-d queries) and below takes one inner
     product at a time: batches of 128-300 384-d (64-128 768-d) queries measured 5-15x faster on the matrix path on
@@ -71,7 +71,7 @@ def build_index_streamed(chunks: Iterable[np.ndarray], factory: str = "Flat", me
 
 def new_index(dim: int, factory: str, metric: str = "ip", build_params: dict | None = None):
     """An empty faiss index from a factory string, PQ's polysemous training off (see below)."""
-    faiss = _faiss()
+    faiss = faiss_module()
 
     index = faiss.index_factory(dim, factory, {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[metric])
     _skip_polysemous_training(index)
@@ -83,7 +83,7 @@ def set_build_params(index, params: dict) -> None:
     """Build-time knobs, set before any vector is added: {"efConstruction": 200} for an HNSW graph (the
     index's own or an IVF index's HNSW quantizer). faiss's ParameterSpace accepts efConstruction at search
     time too, where it changes nothing: the graph is already built. ValueError for anything else."""
-    faiss = _faiss()
+    faiss = faiss_module()
 
     for name, value in params.items():
         if name not in BUILD_PARAMS:
@@ -102,7 +102,7 @@ def _skip_polysemous_training(index) -> None:
     something (polysemous codes); that only serves a Hamming pre-filter (polysemous_ht), which dengen never
     sets, and it made IVF-PQ training ~10x slower (123 s vs 12 s at 2k vectors: an ad-hoc timing during
     scripts/bench_scale.py's quick check, not a script's output)."""
-    faiss = _faiss()
+    faiss = faiss_module()
 
     ivf = faiss.try_extract_index_ivf(index)
     for part in (index, ivf):
@@ -121,7 +121,7 @@ def _train_and_add(index, vectors: np.ndarray) -> None:
 def set_search_params(index, params: dict) -> None:
     """Search-time knobs by faiss name, e.g. {"nprobe": 16} for IVF or {"efSearch": 128} for HNSW; a build
     parameter is refused (ValueError): set after the build it would do nothing."""
-    faiss = _faiss()
+    faiss = faiss_module()
 
     built = [name for name in params if name in BUILD_PARAMS]
     if built:
@@ -133,7 +133,7 @@ def set_search_params(index, params: dict) -> None:
 
 
 def save_index(index, path: str | Path) -> None:
-    faiss = _faiss()
+    faiss = faiss_module()
 
     faiss.write_index(index, str(path))
 
@@ -143,7 +143,7 @@ def load_index(path: str | Path, mmap: bool = True, inverted_lists: bool = False
     instant and an index larger than memory can be searched: flat codes (Flat, HNSW's storage) are
     memory-mapped, and an IVF index (`inverted_lists=True`: IVF-Flat, IVF-PQ) reads its inverted lists
     through faiss's OnDiskInvertedLists over the same file."""
-    faiss = _faiss()
+    faiss = faiss_module()
 
     if not mmap:
         flags = 0
@@ -156,7 +156,7 @@ def load_index(path: str | Path, mmap: bool = True, inverted_lists: bool = False
 
 def search_index(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, positions), each n x k; positions are -1 where fewer than k vectors exist."""
-    _faiss()
+    faiss_module()
     k = min(k, index.ntotal)
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
@@ -173,7 +173,7 @@ def join_shards(shards: list):
     """One searchable index over shards of successive rows: faiss.IndexShards searches every shard in its
     own thread and merges their top-k, numbering rows shard after shard (so positions stay corpus order).
     For exact (Flat) shards the merged top-k equals one Flat index's."""
-    faiss = _faiss()
+    faiss = faiss_module()
 
     joined = faiss.IndexShards(shards[0].d, True, True)  # threaded, successive ids
     for shard in shards:
@@ -184,7 +184,7 @@ def join_shards(shards: list):
 
 def shard_list(index) -> list:
     """The shards of a joined index, or [index] for a plain one."""
-    faiss = _faiss()
+    faiss = faiss_module()
 
     if isinstance(index, faiss.IndexShards):
         return [faiss.downcast_index(index.at(i)) for i in range(index.count())]

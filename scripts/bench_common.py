@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import multiprocessing
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +34,24 @@ def machine_info(packages: tuple[str, ...], **extra) -> dict:
         # another process may share the cores; the load average makes that visible
         "load_avg_1m_start": os.getloadavg()[0],
     }
+
+
+def _burn() -> None:
+    while True:
+        pass
+
+
+@contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """`count` busy-loop processes on the cores while the block runs (a loaded machine), stopped after it."""
+    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(count)]
+    for process in burners:
+        process.start()
+    try:
+        yield
+    finally:
+        for process in burners:
+            process.terminate()
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float]:

@@ -8,13 +8,13 @@ the JSON keeps the median and the slowest time of each and whether the two retur
 
     .venv/bin/python scripts/bench_flat_paths.py --out results/bench_flat_paths.json
     .venv/bin/python scripts/bench_flat_paths.py --burn 2 --out results/bench_flat_paths-loaded.json
+    .venv/bin/python scripts/bench_flat_paths.py --threshold 12288 --batches 1,2,4,8,32,128,300 --burn 2  # another switch
 
 `--burn N` keeps N busy-loop processes running during the measurement (a loaded machine).
 """
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import statistics
 import sys
@@ -26,16 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench_common import machine_info, write_json  # noqa: E402
-from indexes.faiss_index import BLAS_MIN_VALUES, _faiss  # noqa: E402
+from bench_common import busy_processes, machine_info, write_json  # noqa: E402
+from indexes.faiss_index import BLAS_MIN_VALUES, faiss_module  # noqa: E402
 
 
-def burn() -> None:
-    while True:
-        pass
-
-
-def cell(faiss, faiss_default: int, n: int, dim: int, batches: list[int], repeats: int, rng) -> list[dict]:
+def cell(faiss, faiss_default: int, threshold: int, n: int, dim: int, batches: list[int], repeats: int, rng) -> list[dict]:
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     faiss.normalize_L2(vectors)
     index = faiss.IndexFlatIP(dim)
@@ -46,7 +41,7 @@ def cell(faiss, faiss_default: int, n: int, dim: int, batches: list[int], repeat
         times: dict[str, list[float]] = {"faiss": [], "dengen": []}
         found = {}
         for _ in range(repeats):
-            for name, threshold in (("faiss", faiss_default), ("dengen", BLAS_MIN_VALUES)):
+            for name, threshold in (("faiss", faiss_default), ("dengen", threshold)):
                 faiss.cvar.distance_compute_blas_threshold = threshold
                 start = time.perf_counter()
                 found[name] = index.search(queries, 10)[1]
@@ -69,25 +64,21 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,32,64,128,300")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--burn", type=int, default=0, help="busy-loop processes kept running meanwhile")
+    parser.add_argument("--threshold", type=int, default=BLAS_MIN_VALUES,
+                        help="the threshold measured as dengen's (query x dimension values; default: dengen's own)")
     parser.add_argument("--out", type=Path, default=Path("results/bench_flat_paths.json"))
     args = parser.parse_args()
     import faiss
 
     faiss_default = faiss.cvar.distance_compute_blas_threshold  # read before dengen sets its own
-    _faiss()
-    burners = [multiprocessing.Process(target=burn, daemon=True) for _ in range(args.burn)]
-    for process in burners:
-        process.start()
-    try:
+    faiss_module()
+    with busy_processes(args.burn):
         rng = np.random.default_rng(0)
         batches = [int(b) for b in args.batches.split(",")]
         rows = [row for n in map(int, args.sizes.split(",")) for dim in map(int, args.dims.split(","))
-                for row in cell(faiss, faiss_default, n, dim, batches, args.repeats, rng)]
-    finally:
-        for process in burners:
-            process.terminate()
+                for row in cell(faiss, faiss_default, args.threshold, n, dim, batches, args.repeats, rng)]
     write_json(args.out, {"command": " ".join(sys.argv), "burn": args.burn, "faiss_default_threshold": faiss_default,
-                          "dengen_threshold": BLAS_MIN_VALUES, "faiss_omp_threads": faiss.omp_get_max_threads(),
+                          "dengen_threshold": args.threshold, "faiss_omp_threads": faiss.omp_get_max_threads(),
                           "machine": machine_info(("faiss-cpu", "numpy")), "rows": rows})
     print(f"wrote {args.out}")
 

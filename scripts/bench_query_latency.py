@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import machine_info, write_json  # noqa: E402
+from bench_common import busy_processes, machine_info, write_json  # noqa: E402
 
 CHILD = """
 import json, os, sys, time
@@ -44,11 +43,6 @@ print(json.dumps({"query_ms": times, "docs_per_s": len(texts) / (time.perf_count
 """
 
 
-def burn() -> None:
-    while True:
-        pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", default="runs/demo/dense")
@@ -60,12 +54,9 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench_query_latency.json")
     args = parser.parse_args()
 
-    burners = [multiprocessing.Process(target=burn, daemon=True) for _ in range(args.burn)]
-    for p in burners:
-        p.start()
     settings = ("default", "PASSIVE")
     runs: dict[str, list[dict]] = {name: [] for name in settings}
-    try:
+    with busy_processes(args.burn):
         for i in range(args.rounds):
             for name in settings[:: 1 if i % 2 == 0 else -1]:  # alternate who goes first
                 env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
@@ -76,9 +67,6 @@ def main() -> None:
                 times = runs[name][-1]["query_ms"]
                 print(f"{name:8} round {i}: median {statistics.median(times):.1f} ms, mean {statistics.fmean(times):.1f} ms, "
                       f"max {max(times):.1f} ms; encoding {runs[name][-1]['docs_per_s']:.1f} docs/s", flush=True)
-    finally:
-        for p in burners:
-            p.terminate()
     summary = {}
     for name, rs in runs.items():
         times = sorted(t for r in rs for t in r["query_ms"])

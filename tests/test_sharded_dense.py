@@ -143,13 +143,13 @@ def test_engine_refusals(scifact_slice):
 def test_flat_search_on_either_faiss_path_is_exact(batch):
     """dengen lowers faiss's BLAS threshold (a batch of 130 x 384 multiplies matrices, 3 x 384 does not): both
     paths give numpy's exact top 10."""
-    from indexes.faiss_index import BLAS_MIN_VALUES, _faiss, search_index
+    from indexes.faiss_index import BLAS_MIN_VALUES, faiss_module, search_index
 
     rng = np.random.default_rng(batch)
     vectors = rng.standard_normal((3000, 384)).astype(np.float32)
     queries = rng.standard_normal((batch, 384)).astype(np.float32)
     scores, positions = search_index(build_index(vectors), queries, 10)
-    assert _faiss().cvar.distance_compute_blas_threshold == BLAS_MIN_VALUES
+    assert faiss_module().cvar.distance_compute_blas_threshold == BLAS_MIN_VALUES
     assert (batch * 384 >= BLAS_MIN_VALUES) == (batch == 130)
     exact = queries @ vectors.T
     np.testing.assert_array_equal(positions, np.argsort(-exact, axis=1, kind="stable")[:, :10])

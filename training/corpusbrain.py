@@ -63,7 +63,7 @@ STAGE_KEYS = {  # the config keys each stage's model depends on (a saved model w
                    "pretrain_epochs", "batch_size", "lr", "warmup", "max_steps", "max_target_tokens", "seed"],
     "finetuned": ["split", "finetune_fraction", "finetune_epochs"],
 }
-ADDED_KEYS = ["iss_per_doc"]  # pre-training keys added after models were saved: hashed only when not at their default
+ADDED_KEYS = ["iss_per_doc"]  # pre-training keys added after models were saved (config_signature's `added`)
 
 
 def load_data(config: dict):
@@ -87,9 +87,7 @@ def load_data(config: dict):
 
 def signature(config: dict, stage: str) -> str:
     keys = STAGE_KEYS["pretrained"] + (STAGE_KEYS["finetuned"] if stage == "finetuned" else [])
-    # keys added after models were saved join the hash only when set, so those models stay reusable
-    keys += [k for k in ADDED_KEYS if config[k] != DEFAULTS[k]]
-    return config_signature(config, keys)
+    return config_signature(config, keys, added={k: DEFAULTS[k] for k in ADDED_KEYS})
 
 
 def train_stage(folder: Path, stage: str, config: dict, start, examples: list[tuple[str, str]], epochs: int) -> dict:

@@ -73,8 +73,11 @@ def load_run(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def config_signature(config: dict, keys: list[str]) -> str:
-    """A short hash of the recipe keys a trained model depends on (a saved model with the same one is reused)."""
+def config_signature(config: dict, keys: list[str], added: dict | None = None) -> str:
+    """A short hash of the recipe keys a trained model depends on (a saved model with the same one is reused).
+    `added`: keys a recipe gained after models were saved, with their defaults; each is hashed only when the
+    config sets another value, so the models saved before it stay reusable."""
+    keys = list(keys) + [k for k, default in (added or {}).items() if config[k] != default]
     return hashlib.sha256(json.dumps({k: config[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
 
 
