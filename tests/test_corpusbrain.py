@@ -31,7 +31,7 @@ def test_generated_titles_are_corpus_titles_and_map_to_their_documents(tiny_brai
         assert found and len(found) <= 5
         assert all(title in titles for title, _ in found), query
         assert [score for _, score in found] == sorted((score for _, score in found), reverse=True)
-        # a title's score is log P(title, eos | query), teacher-forced (GENRE's beam score, no length penalty)
+        # a title's score is log P(title, eos | query), teacher-forced (length_penalty 0, the default)
         best, score = found[0]
         eos = tiny_brain.keymodel.eos_id
         assert score == pytest.approx(tiny_brain.keymodel.score_keys(query, [list(best) + [eos]])[0], abs=1e-4)
@@ -41,6 +41,20 @@ def test_generated_titles_are_corpus_titles_and_map_to_their_documents(tiny_brai
         best_title = tiny_brain.generate_titles([queries[query_id]])[0][0]
         assert next(iter(ranked)) == titles[best_title[0]]  # the best title's document ranks first
         assert ranked[titles[best_title[0]]] == pytest.approx(best_title[1])
+
+
+def test_length_penalty_one_ranks_titles_by_their_mean_token_log_probability(tiny_brain):
+    """fairseq's lenpen 1, GENRE's beam score (its `marginalize` multiplies it back by the length): the sum over
+    the title's tokens and eos, divided by their number."""
+    query, eos = "what causes scurvy", tiny_brain.keymodel.eos_id
+    tiny_brain.config["length_penalty"] = 1.0
+    try:
+        found = tiny_brain.generate_titles([query])[0]
+    finally:
+        tiny_brain.config["length_penalty"] = 0.0
+    sums = tiny_brain.keymodel.score_keys(query, [list(title) + [eos] for title, _ in found])
+    assert [score for _, score in found] == pytest.approx([s / (len(t) + 1) for s, (t, _) in zip(sums, found)], abs=1e-5)
+    assert [score for _, score in found] == sorted((score for _, score in found), reverse=True)
 
 
 def test_documents_sharing_a_title_share_its_score(keymodel):

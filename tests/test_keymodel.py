@@ -134,6 +134,25 @@ def test_scores_from_the_read_once_source_equal_a_full_forward(family_model):
     assert first[keys[0][0]] == pytest.approx(float(full[0, 0]), abs=1e-4)
 
 
+def test_label_smoothing_is_fairseqs_label_smoothed_cross_entropy(family_model):
+    """eps 0.1 (the reference's criterion), computed by hand from the full log-softmax: the target weighs
+    1 - eps - eps_i plus eps_i from the vocabulary sum, every other token eps_i = eps / (V - 1)."""
+    _, _, km = family_model
+    sources = ["what causes scurvy || body", "aspirin"]
+    targets = [km.tokens("vitamin c deficiency") + [km.eos_id], km.tokens("heart") + [km.eos_id]]
+    with torch.no_grad():
+        logprobs, mask, sums = km.target_logprobs(sources, targets, vocab_sums=True)
+        plain, smoothed = km.loss(sources, targets).item(), km.loss(sources, targets, label_smoothing=0.1).item()
+    tokens = int(mask.sum())
+    nll, uniform = -float(logprobs.sum()) / tokens, -float(sums.sum()) / tokens
+    eps_i = 0.1 / (km.vocab_size - 1)
+    assert plain == pytest.approx(nll, rel=1e-5)
+    assert smoothed == pytest.approx((1 - 0.1 - eps_i) * nll + eps_i * uniform, rel=1e-5)
+    assert abs(smoothed - plain) > 1e-5  # near-uniform random models: small, but not nothing
+    # the vocabulary sum at the first position, against the read-once source path (another forward)
+    assert float(sums[0, 0]) == pytest.approx(float(km.first_token_logprobs(sources[0]).sum()), rel=1e-4)
+
+
 def test_training_saving_and_reloading(family_model, tmp_path):
     from training.keymodel_train import train_keymodel
     from training.seal import DEFAULTS

@@ -42,6 +42,7 @@ DEFAULTS = {
     "batch_size": 16,
     "lr": 1e-4,
     "warmup": 0.05,
+    "label_smoothing": 0.0,  # fairseq's label-smoothed cross-entropy, both stages (the reference trains with 0.1)
     "max_steps": None,  # a cap per training stage (tests)
     "max_target_tokens": 32,
     "seed": 0,
@@ -63,7 +64,7 @@ STAGE_KEYS = {  # the config keys each stage's model depends on (a saved model w
                    "pretrain_epochs", "batch_size", "lr", "warmup", "max_steps", "max_target_tokens", "seed"],
     "finetuned": ["split", "finetune_fraction", "finetune_epochs"],
 }
-ADDED_KEYS = ["iss_per_doc"]  # pre-training keys added after models were saved (config_signature's `added`)
+ADDED_KEYS = ["iss_per_doc", "label_smoothing"]  # pre-training keys added after models were saved (config_signature's `added`)
 
 
 def load_data(config: dict):

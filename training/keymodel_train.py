@@ -18,8 +18,8 @@ def train_keymodel(keymodel, examples: list[tuple[str, str]], config: dict, *, p
     """Teacher-forced cross-entropy on (source, target + eos); AdamW, linear warm-up and decay.
 
     `config` keys: seed, device ("auto": CUDA when there is one), max_target_tokens, batch_size, epochs,
-    max_steps (None: no cap), lr, warmup (a fraction of the steps). Only trainable parameters are optimised
-    (LoRA adapters alone after `KeyModel.add_lora`). The model is back on the CPU after."""
+    max_steps (None: no cap), lr, warmup (a fraction of the steps), label_smoothing (0: plain cross-entropy). Only
+    trainable parameters are optimised (LoRA adapters alone after `KeyModel.add_lora`). The model is back on the CPU after."""
     import torch
     from tqdm import tqdm
 
@@ -42,7 +42,8 @@ def train_keymodel(keymodel, examples: list[tuple[str, str]], config: dict, *, p
             if step >= total:
                 break
             rows = order[start : start + batch]
-            loss = keymodel.loss([examples[i][0] for i in rows], [targets[i] for i in rows])
+            loss = keymodel.loss([examples[i][0] for i in rows], [targets[i] for i in rows],
+                                 label_smoothing=config.get("label_smoothing", 0.0))
             optimise(loss, optimizer, schedule, losses, bar, clip=1.0)
             step += 1
     bar.close()

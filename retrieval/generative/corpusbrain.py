@@ -27,6 +27,9 @@ from retrieval.generative.title_constraint import TitleConstraint
 SEARCH_DEFAULTS = {
     "beam": 10,  # beams = titles returned per query
     "batch_size": 8,
+    # titles ranked by log P(title, eos | query) / length ** length_penalty; 0: the sum. GENRE and CorpusBrain
+    # search with fairseq's lenpen 1 (the mean), 0.003 below the sum on SQuAD pages (docs/corpusbrain.md)
+    "length_penalty": 0.0,
 }
 IDENTIFIERS_FILE = "identifiers.json"
 
@@ -103,11 +106,13 @@ class CorpusBrainRetriever(GenerativeRetriever):
         return run
 
     def generate_titles(self, queries: list[str]) -> list[list[tuple[tuple[int, ...], float]]]:
-        """Per query, the beam's titles (token ids) with log P(title, eos | query), best first."""
+        """Per query, the beam's titles (token ids) with log P(title, eos | query) / length ** length_penalty,
+        best first."""
         km = self.keymodel
         constraint = TitleConstraint(self.trie, km.eos_id)
         longest = max(map(len, self.identifiers)) + 1  # + the terminator: no title is cut short
-        hypotheses = km.generate(queries, num_beams=self.config["beam"], max_new_tokens=longest, allowed=constraint)
+        hypotheses = km.generate(queries, num_beams=self.config["beam"], max_new_tokens=longest, allowed=constraint,
+                                 length_penalty=float(self.config["length_penalty"]))
         found = []
         for hyps in hypotheses:
             titles = {}

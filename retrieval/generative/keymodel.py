@@ -333,8 +333,9 @@ class KeyModel:
         return {"inputs_embeds": embeds, "attention_mask": mask}
 
     # ------------------------------------------------------------------ training and scoring
-    def target_logprobs(self, sources: Sequence[str], targets: Sequence[Sequence[int]]):
-        """Per-token log-probabilities (B x T tensor, 0 on padding) of `targets` given `sources`, and the mask."""
+    def target_logprobs(self, sources: Sequence[str], targets: Sequence[Sequence[int]], vocab_sums: bool = False):
+        """Per-token log-probabilities (B x T tensor, 0 on padding) of `targets` given `sources`, and the mask;
+        with `vocab_sums`, also each position's log-probabilities summed over the vocabulary (label smoothing)."""
         import torch
 
         if self.causal:
@@ -359,13 +360,24 @@ class KeyModel:
             decoder_in = torch.cat([start, target[:, :-1]], 1)
             logits = self.model(**encoder, decoder_input_ids=decoder_in,
                                 decoder_attention_mask=torch.cat([start.new_ones(len(targets), 1), target_mask[:, :-1].long()], 1)).logits
-        logprobs = logits.float().log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        return logprobs.masked_fill(~target_mask, 0.0), target_mask
+        full = logits.float().log_softmax(-1)
+        logprobs = full.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(~target_mask, 0.0)
+        if vocab_sums:
+            return logprobs, target_mask, full.sum(-1).masked_fill(~target_mask, 0.0)
+        return logprobs, target_mask
 
-    def loss(self, sources: Sequence[str], targets: Sequence[Sequence[int]]):
-        """Mean token cross-entropy of `targets` (token ids, eos included by the caller where wanted)."""
-        logprobs, mask = self.target_logprobs(sources, targets)
-        return -logprobs.sum() / mask.sum()
+    def loss(self, sources: Sequence[str], targets: Sequence[Sequence[int]], label_smoothing: float = 0.0):
+        """Mean token cross-entropy of `targets` (token ids, eos included by the caller where wanted).
+
+        `label_smoothing` eps is fairseq's `label_smoothed_cross_entropy` (the criterion of CorpusBrain's and
+        GENRE's training scripts, eps 0.1): the target keeps 1 - eps and every other token gets eps / (V - 1),
+        loss = (1 - eps - eps_i) * nll + eps_i * sum over the vocabulary of -log p, eps_i = eps / (V - 1)."""
+        if not label_smoothing:
+            logprobs, mask = self.target_logprobs(sources, targets)
+            return -logprobs.sum() / mask.sum()
+        logprobs, mask, sums = self.target_logprobs(sources, targets, vocab_sums=True)
+        eps_i = label_smoothing / (self.vocab_size - 1)
+        return ((1.0 - label_smoothing - eps_i) * -logprobs.sum() + eps_i * -sums.sum()) / mask.sum()
 
     def score_keys(self, source: str, keys: Sequence[Sequence[int]], batch_size: int = 256,
                    context: "SourceContext | None" = None, row: int = 0) -> list[float]:
@@ -493,11 +505,13 @@ class KeyModel:
 
     # ------------------------------------------------------------------ generation
     def generate(self, sources: Sequence[str], *, num_beams: int, max_new_tokens: int, min_new_tokens: int = 1,
-                 allowed: Callable | None = None, recorder=None) -> list[list[tuple[list[int], float]]]:
+                 allowed: Callable | None = None, recorder=None, length_penalty: float = 0.0) -> list[list[tuple[list[int], float]]]:
         """Beam search; per source, the final hypotheses as (generated token ids without eos/pad, score).
 
         `allowed(batch_id, generated_ids) -> list[int]` constrains every step (None: free generation);
-        `recorder` is an extra LogitsProcessor that sees each step's masked log-probabilities."""
+        `recorder` is an extra LogitsProcessor that sees each step's masked log-probabilities. A score is the
+        hypothesis's summed log-probability divided by its length (eos included) ** `length_penalty`, as in
+        Hugging Face's and fairseq's beam search (0: the sum; fairseq's default lenpen is 1: the mean)."""
         import torch
         from transformers import LogitsProcessorList
 
@@ -514,7 +528,7 @@ class KeyModel:
             out = self.model.generate(
                 **encoder, num_beams=num_beams, num_return_sequences=num_beams,
                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, early_stopping=False,
-                length_penalty=0.0, output_scores=True, return_dict_in_generate=True, logits_processor=processors,
+                length_penalty=length_penalty, output_scores=True, return_dict_in_generate=True, logits_processor=processors,
                 **kwargs,
             )
         sequences = out.sequences[:, offset:].tolist()
