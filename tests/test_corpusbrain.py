@@ -147,6 +147,17 @@ def test_recipe_pretrains_finetunes_evaluates_and_reloads(tmp_path):
     assert (tmp_path / "out" / "kilt" / "gold.jsonl").is_file() and (tmp_path / "out" / "kilt" / "corpusbrain.jsonl").is_file()
 
 
+@pytest.mark.parametrize("value", ["1.0", "-0.1", "lots"])
+def test_a_bad_label_smoothing_is_one_line_before_any_work(tmp_path, value):
+    from training.corpusbrain import main
+
+    config = tmp_path / "cb.yaml"
+    config.write_text(f"label_smoothing: {value}\nout: {tmp_path / 'out'}\n")
+    with pytest.raises(SystemExit, match=r"cb.yaml: label_smoothing must be a number in \[0, 1\)"):
+        main(["--config", str(config)])
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_added_key_at_its_default_keeps_saved_models_reusable():
     from training.corpusbrain import DEFAULTS, STAGE_KEYS, signature
     from training.generative_eval import config_signature

@@ -141,7 +141,9 @@ def test_label_smoothing_is_fairseqs_label_smoothed_cross_entropy(family_model):
     sources = ["what causes scurvy || body", "aspirin"]
     targets = [km.tokens("vitamin c deficiency") + [km.eos_id], km.tokens("heart") + [km.eos_id]]
     with torch.no_grad():
-        logprobs, mask, sums = km.target_logprobs(sources, targets, vocab_sums=True)
+        logprobs, mask = km.target_logprobs(sources, targets)
+        full, _, _ = km.target_distributions(sources, targets)
+        sums = full.sum(-1).masked_fill(~mask, 0.0)
         plain, smoothed = km.loss(sources, targets).item(), km.loss(sources, targets, label_smoothing=0.1).item()
     tokens = int(mask.sum())
     nll, uniform = -float(logprobs.sum()) / tokens, -float(sums.sum()) / tokens

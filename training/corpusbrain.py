@@ -155,6 +155,8 @@ def evaluate(out: Path, dataset, test: dict[str, str], config: dict, stages: lis
 def main(argv: list[str] | None = None) -> dict:
     args = recipe_args("corpusbrain", __doc__, argv)
     config = read_recipe(args.config, DEFAULTS)
+    if not isinstance(config["label_smoothing"], (int, float)) or not 0 <= config["label_smoothing"] < 1:
+        raise SystemExit(f"{args.config}: label_smoothing must be a number in [0, 1), got {config['label_smoothing']!r}")
     config["test_split"] = config["split"]  # the records' split
     out = Path(config["out"])
     if args.records:

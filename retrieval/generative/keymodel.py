@@ -333,9 +333,14 @@ class KeyModel:
         return {"inputs_embeds": embeds, "attention_mask": mask}
 
     # ------------------------------------------------------------------ training and scoring
-    def target_logprobs(self, sources: Sequence[str], targets: Sequence[Sequence[int]], vocab_sums: bool = False):
-        """Per-token log-probabilities (B x T tensor, 0 on padding) of `targets` given `sources`, and the mask;
-        with `vocab_sums`, also each position's log-probabilities summed over the vocabulary (label smoothing)."""
+    def target_logprobs(self, sources: Sequence[str], targets: Sequence[Sequence[int]]):
+        """Per-token log-probabilities (B x T tensor, 0 on padding) of `targets` given `sources`, and the mask."""
+        full, target, target_mask = self.target_distributions(sources, targets)
+        return full.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(~target_mask, 0.0), target_mask
+
+    def target_distributions(self, sources: Sequence[str], targets: Sequence[Sequence[int]]):
+        """The log-softmax over the vocabulary at every target position (B x T x V, teacher-forced), the padded
+        target ids (B x T) and their mask."""
         import torch
 
         if self.causal:
@@ -360,11 +365,7 @@ class KeyModel:
             decoder_in = torch.cat([start, target[:, :-1]], 1)
             logits = self.model(**encoder, decoder_input_ids=decoder_in,
                                 decoder_attention_mask=torch.cat([start.new_ones(len(targets), 1), target_mask[:, :-1].long()], 1)).logits
-        full = logits.float().log_softmax(-1)
-        logprobs = full.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(~target_mask, 0.0)
-        if vocab_sums:
-            return logprobs, target_mask, full.sum(-1).masked_fill(~target_mask, 0.0)
-        return logprobs, target_mask
+        return logits.float().log_softmax(-1), target, target_mask
 
     def loss(self, sources: Sequence[str], targets: Sequence[Sequence[int]], label_smoothing: float = 0.0):
         """Mean token cross-entropy of `targets` (token ids, eos included by the caller where wanted).
@@ -372,12 +373,13 @@ class KeyModel:
         `label_smoothing` eps is fairseq's `label_smoothed_cross_entropy` (the criterion of CorpusBrain's and
         GENRE's training scripts, eps 0.1): the target keeps 1 - eps and every other token gets eps / (V - 1),
         loss = (1 - eps - eps_i) * nll + eps_i * sum over the vocabulary of -log p, eps_i = eps / (V - 1)."""
+        full, target, mask = self.target_distributions(sources, targets)
+        # the same sums, in the same order, as target_logprobs: eps 0 trains exactly as before the option existed
+        nll = -full.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0).sum()
         if not label_smoothing:
-            logprobs, mask = self.target_logprobs(sources, targets)
-            return -logprobs.sum() / mask.sum()
-        logprobs, mask, sums = self.target_logprobs(sources, targets, vocab_sums=True)
+            return nll / mask.sum()
         eps_i = label_smoothing / (self.vocab_size - 1)
-        return ((1.0 - label_smoothing - eps_i) * -logprobs.sum() + eps_i * -sums.sum()) / mask.sum()
+        return ((1.0 - label_smoothing - eps_i) * nll + eps_i * -full.sum(-1).masked_fill(~mask, 0.0).sum()) / mask.sum()
 
     def score_keys(self, source: str, keys: Sequence[Sequence[int]], batch_size: int = 256,
                    context: "SourceContext | None" = None, row: int = 0) -> list[float]:
