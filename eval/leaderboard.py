@@ -19,11 +19,13 @@ The file (see eval/leaderboards/default.yaml):
         retriever: seal:model=results/seal-scifact-lora/model
         recipe: {method: seal, config: training/configs/seal-scifact-lora.yaml}   # trained when missing
 
-Each cell (row x task) is stored under OUT/cells/ with a key hashing the row's spec, the files it names
-(sizes and modification times: a retrained model is a new key), the task and its options, and the task's
-data files (contents). A run skips every cell whose key is unchanged, so a long board fills over several
-runs and a new row costs only that row. A cell that cannot run (a task a retriever has no encoder for,
-missing data, a saved index built on another corpus) is kept empty with its reason; it never stops the board.
+Each cell (row x task) is stored under OUT/cells/, or in the board's own `cells:` folder (committed beside it,
+so cells computed on one machine are reused on the next), with a key hashing the row's spec, the task and its
+options, the task's data files (contents), and for a trained row its recipe's settings (for any other file
+the spec names, sizes and modification times). A run skips every cell whose key is unchanged, so a long
+board fills over several runs and a new row costs only that row. A cell that cannot run (a task a retriever
+has no encoder for, missing data, a saved index built on another corpus) is kept empty with its reason; it
+never stops the board.
 """
 from __future__ import annotations
 
@@ -38,9 +40,9 @@ from pathlib import Path
 
 from eval.record import Result
 from indexes.manifest import atomic_write
-from retrieval.errors import DataError
+from retrieval.errors import DataError, SpecError
 
-BOARD_KEYS = {"title", "tolerance", "tasks", "rows"}
+BOARD_KEYS = {"title", "tolerance", "tasks", "rows", "cells"}
 ROW_KEYS = {"name", "retriever", "recipe", "expect", "tolerance", "tasks"}
 TASK_KEYS = {"name", "sample"}
 HASH_CHUNK = 1 << 20
@@ -74,6 +76,7 @@ class Board:
     tasks: list[Task]
     rows: list[Row]
     tolerance: float = 0.002
+    cells: Path | None = None  # the board's committed cell store (default OUT/cells)
 
 
 def _load_with_lines(text: str):
@@ -126,6 +129,9 @@ def read_board(path: str | Path) -> Board:
         if not isinstance(data.get(key), list) or not data[key]:
             raise DataError(path, data.get("__line__"), key, "a non-empty list is required")
     tolerance = _number(data.get("tolerance", 0.002), path, data.get("__line__"), "tolerance")
+    cells = data.get("cells")
+    if cells is not None and not isinstance(cells, str):
+        raise DataError(path, data.get("__line__"), "cells", f"expected a folder path, got {cells!r}")
     tasks = []
     for entry in data["tasks"]:
         entry = entry if isinstance(entry, dict) else {"name": entry, "__line__": data["__line__"]}
@@ -169,7 +175,7 @@ def read_board(path: str | Path) -> Board:
         rows.append(Row(entry["name"], _plain(entry["retriever"]), _plain(recipe), _plain(expect),
                         None if row_tolerance is None else _number(row_tolerance, path, line, "tolerance"),
                         row_tasks, line))
-    return Board(path, str(data.get("title", path.stem)), tasks, rows, tolerance)
+    return Board(path, str(data.get("title", path.stem)), tasks, rows, tolerance, Path(cells) if cells else None)
 
 
 def _number(value, path: Path, line: int | None, name: str) -> float:
@@ -228,7 +234,10 @@ def _paths_in(spec) -> list[Path]:
         elif isinstance(value, str) and ("/" in value or value.startswith(".")) and Path(value).exists():
             found.append(Path(value))
 
-    config = spec_to_config(spec)
+    try:
+        config = spec_to_config(spec)
+    except SpecError:  # e.g. a saved index a recipe has not written yet: keyed by its text, the cell says why
+        return []
     visit(config if isinstance(config, dict) else {"spec": config})
     return found
 
@@ -242,16 +251,23 @@ def task_data(task: Task, root: Path) -> list[Path]:
 
 
 def cell_key(row: Row, task: Task, root: Path) -> str:
-    """What a cell's result depends on, hashed: the spec and the files it names, the task, its data."""
+    """What a cell's result depends on, hashed: the spec, the task, its data, and the recipe's settings for
+    the models a recipe makes (so a cell survives the machine its model was trained on), the sizes and
+    modification times of any other file the spec names."""
     from eval.suite import TASK_REVISIONS
 
     revision = TASK_REVISIONS.get(task.name)
+    named = _paths_in(row.retriever)
     parts = {
         "retriever": row.retriever,
-        "named_files": {str(p): tree_digest(p, content=False) for p in _paths_in(row.retriever)},
         "task": task.key + (f"#{revision}" if revision else ""),
         "data": {str(p.name): tree_digest(p, content=True) for p in task_data(task, root)},
     }
+    if row.recipe:
+        settings, made = recipe_settings(row)
+        parts["recipe"] = {"method": row.recipe["method"], "config": settings}
+        named = [p for p in named if not p.resolve().is_relative_to(made.resolve())]
+    parts["named_files"] = {str(p): tree_digest(p, content=False) for p in named}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -268,10 +284,10 @@ class Filled:
     computed: int  # cells computed in this run (the rest came from the cache)
 
 
-def _cell_path(out: Path, row: Row, task: Task) -> Path:
+def _cell_path(store: Path, row: Row, task: Task) -> Path:
     from eval.runner import safe_name
 
-    return out / "cells" / safe_name(row.name) / f"{safe_name(task.key)}.json"
+    return store / safe_name(row.name) / f"{safe_name(task.key)}.json"
 
 
 def _read_cell(path: Path, key: str) -> dict | None:
@@ -282,28 +298,40 @@ def _read_cell(path: Path, key: str) -> dict | None:
     return cell if cell.get("key") == key else None
 
 
-def ensure_trained(row: Row) -> None:
-    """Run the row's recipe unless its output's results.json was made from the same settings."""
-    if not row.recipe:
-        return
+def recipe_settings(row: Row) -> tuple[dict, Path]:
+    """The settings the row's recipe file gives (as JSON values) and the folder its models are written to."""
     import importlib
 
     import yaml
 
     from retrieval.cli import TRAINERS
 
-    config_path = Path(row.recipe["config"])
-    given = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    given = yaml.safe_load(Path(row.recipe["config"]).read_text(encoding="utf-8")) or {}
     module = importlib.import_module(TRAINERS[row.recipe["method"]])
-    out = Path(given.get("out", module.DEFAULTS.get("out", "")))
+    return json.loads(json.dumps(given)), Path(given.get("out", module.DEFAULTS.get("out", "")))
+
+
+def recipe_is_current(row: Row) -> bool:
+    """Whether the recipe's out/results.json was made with every setting its file now gives."""
+    given, out = recipe_settings(row)
     results = out / "results.json"
-    if results.is_file():
-        made = json.loads(results.read_text(encoding="utf-8")).get("config", {})
-        if all(made.get(k) == json.loads(json.dumps(v)) for k, v in given.items()):
-            return
-        print(f"{row.name}: {results} was made with other settings than {config_path}: training again")
-    print(f"{row.name}: dengen train {row.recipe['method']} --config {config_path}")
-    module.main(["--config", str(config_path)])
+    if not results.is_file():
+        return False
+    made = json.loads(results.read_text(encoding="utf-8")).get("config", {})
+    return all(made.get(k) == v for k, v in given.items())
+
+
+def ensure_trained(row: Row) -> None:
+    """Run the row's recipe unless its output's results.json was made from the same settings."""
+    if not row.recipe or recipe_is_current(row):
+        return
+    import importlib
+
+    from retrieval.cli import TRAINERS
+
+    config = row.recipe["config"]
+    print(f"{row.name}: dengen train {row.recipe['method']} --config {config} (no model made with its settings)")
+    importlib.import_module(TRAINERS[row.recipe["method"]]).main(["--config", str(config)])
 
 
 def _profile(retriever) -> dict:
@@ -338,12 +366,15 @@ def _profile(retriever) -> dict:
 
 def run_board(board: Board, out: str | Path, data_root: str | Path | None = None, *, train: bool = True,
               cached: bool = True, only: set[str] | None = None) -> Filled:
-    """Fill every cell of `board` not already in `out` with the same key (every cell when not `cached`);
-    write each as it finishes. With `only`, rows not named there are read from the cache, never computed."""
+    """Fill every cell of `board` not already stored with the same key (every cell when not `cached`);
+    write each as it finishes. Cells live in the board's `cells:` folder, or OUT/cells when it has none or
+    when not `cached` (a check never rewrites the committed cells). With `only`, rows not named there are
+    read from the cache, never computed."""
     from eval.suite import TASKS, Skip, SuiteRun, retrieval_task
     from retrieval.data import shared_data
 
-    out, root = Path(out), Path(data_root) if data_root else shared_data()
+    root = Path(data_root) if data_root else shared_data()
+    store = board.cells if board.cells and cached else Path(out) / "cells"
     results, missing, profiles, computed = [], [], {}, 0
     for row in board.rows:
         ctx = None
@@ -353,16 +384,19 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
                                 f"{', '.join(row.tasks)})"})
                 continue
             key = cell_key(row, task, root)
-            path = _cell_path(out, row, task)
+            path = _cell_path(store, row, task)
             cell = _read_cell(path, key) if cached else None
             if cell is None and only is not None and row.name not in only:
                 missing.append({"row": row.name, "task": task.key, "reason": "not computed yet"})
+                continue
+            if cell is None and not train and row.recipe and not recipe_is_current(row):
+                missing.append({"row": row.name, "task": task.key, "reason": "not computed yet (--no-train, and no "
+                                f"model made with the settings of {row.recipe['config']})"})
                 continue
             if cell is None:
                 if ctx is None:
                     if train:
                         ensure_trained(row)
-                        key = cell_key(row, task, root)  # the recipe may have just written the files the key covers
                     ctx = SuiteRun(row.retriever, root)
                 ctx.sample = task.sample
                 run = retrieval_task(Path(task.name[5:]).resolve()) if task.name.startswith("beir:") else TASKS[task.name]
@@ -389,7 +423,7 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
                 missing.append({"row": row.name, "task": task.key, "reason": cell["skipped"]})
             else:
                 results += [Result.from_json(r, path) for r in cell["results"]]
-        profile_path = _cell_path(out, row, Task("profile"))
+        profile_path = _cell_path(store, row, Task("profile"))
         built = next(iter(ctx.built.values()), None) if ctx else None
         if built is not None:
             profiles[row.name] = {**_profile(built), "spec": row.retriever}

@@ -335,10 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run: compute the cells not already in --out; check: compute every cell again and "
                             "fail (exit 2) on any score outside its expected tolerance")
     board.add_argument("board", help="leaderboard YAML, e.g. eval/leaderboards/default.yaml")
-    board.add_argument("--out", required=True, help="folder for the cells (cells/) and the report (report/)")
+    board.add_argument("--out", required=True, help="folder for the report (report/), and for the cells (cells/) of a board without its own cells: folder and of every check")
     board.add_argument("--data", action="append", help="also score every row on this BEIR folder (repeatable)")
     board.add_argument("--data-root", help="the shared data folder (default $DENGEN_SHARED_DATA or ../shared/data)")
-    board.add_argument("--no-train", action="store_true", help="never run a row's recipe (its cells fail instead)")
+    board.add_argument("--no-train", action="store_true", help="never run a row's recipe (cells that need it stay empty, with the reason)")
     board.add_argument("--row", action="append", help="compute only this row (repeatable); the others come from the cache")
     board.add_argument("--screenshot", help="also render the report in headless Chromium to this PNG")
     board.add_argument("--window", default="1400x2400", help="screenshot size, WIDTHxHEIGHT pixels")

@@ -157,26 +157,54 @@ def test_a_task_revision_invalidates_the_cells_cached_before_it(monkeypatch, tmp
     assert cell_key(row, Task("scifact"), root) == scifact  # an unrevised task keeps its cached cells
 
 
-def test_a_cell_computed_right_after_its_recipe_trained_is_reused(monkeypatch, tmp_path):
-    """The first cell of a trained row is keyed on the model files its recipe has just written, not on the
-    files before training (else every later run computed that cell again)."""
-    import eval.leaderboard as leaderboard
+def test_trained_rows_cells_are_keyed_on_the_recipe_and_survive_a_fresh_machine(monkeypatch, tmp_path):
+    """A board's committed `cells:` store keys a trained row on its recipe's settings, not on its model files:
+    on a machine that never trained the model the cells are reused; a changed recipe trains and computes again;
+    --no-train without a model made by the recipe leaves the cell empty with its reason; a check never
+    rewrites the store."""
+    import shutil
+
+    import training.adapter
+    from eval.leaderboard import Task, cell_key
     from retrieval import build_retriever
     from retrieval.data import load_dataset
 
-    root, model, trained = data_root(tmp_path), tmp_path / "trained", []
-    retriever = build_retriever("bm25")
-    retriever.index(load_dataset(root / "limit-small").corpus)
-    retriever.save(model)  # an earlier model: the recipe's settings changed, so it trains again once
+    root, made, recipe = data_root(tmp_path), tmp_path / "recipe-out", tmp_path / "recipe.yaml"
+    recipe.write_text(f"out: {made}\nrank: 8\n")
+    trained = []
 
-    def train(row):  # stands in for a recipe: rewrites the row's model the first time it is asked
-        if not trained:
-            trained.append(row.name)
-            retriever.save(model, overwrite=True)
+    def train(argv):  # stands in for `dengen train adapter --config recipe.yaml`: the model and results.json
+        import yaml
 
-    monkeypatch.setattr(leaderboard, "ensure_trained", train)
-    text = f"title: t\ntasks:\n  - {{name: limit, sample: 50}}\nrows:\n  - name: trained\n    retriever: {model}\n"
-    first = run_board(read_board(board_file(tmp_path, text)), tmp_path / "out", root)
-    again = run_board(read_board(board_file(tmp_path, text)), tmp_path / "out", root)
-    assert trained == ["trained"]
-    assert first.computed == 1 and again.computed == 0 and again.results == first.results
+        trained.append(argv)
+        retriever = build_retriever("bm25")
+        retriever.index(load_dataset(root / "limit-small").corpus)
+        retriever.save(made / "index", overwrite=True)
+        (made / "results.json").write_text(json.dumps({"config": yaml.safe_load(recipe.read_text())}))
+
+    monkeypatch.setattr(training.adapter, "main", train)
+    text = (f"title: t\ncells: {tmp_path / 'store'}\ntasks:\n  - {{name: limit, sample: 50}}\nrows:\n  - name: trained\n"
+            f"    retriever: {made / 'index'}\n    recipe: {{method: adapter, config: {recipe}}}\n")
+    board = read_board(board_file(tmp_path, text))
+    untrained = run_board(board, tmp_path / "out", root, train=False)
+    assert untrained.computed == 0 and "--no-train, and no model made with the settings of" in untrained.missing[0]["reason"]
+
+    first = run_board(board, tmp_path / "out", root)
+    stored = tmp_path / "store" / "trained" / "limit_50.json"
+    assert len(trained) == 1 and first.computed == 1 and stored.is_file()
+    key = cell_key(board.rows[0], Task("limit", 50), root)
+    train(["again"])  # the same recipe run again (new files, new times): the same key
+    assert cell_key(board.rows[0], Task("limit", 50), root) == key
+
+    shutil.rmtree(made)  # a fresh machine: the store came with the board, the model did not
+    fresh = run_board(board, tmp_path / "out", root, train=False)
+    assert fresh.computed == 0 and fresh.results == first.results
+
+    stamp = stored.stat().st_mtime_ns
+    checked = run_board(board, tmp_path / "out", root, cached=False)  # as `leaderboard check` runs it
+    assert checked.computed == 1 and (tmp_path / "out" / "cells" / "trained" / "limit_50.json").is_file()
+    assert stored.stat().st_mtime_ns == stamp
+
+    recipe.write_text(f"out: {made}\nrank: 16\n")  # other settings: the model is made again, the cell computed again
+    changed = run_board(board, tmp_path / "out", root)
+    assert changed.computed == 1 and len(trained) == 4
