@@ -290,12 +290,24 @@ def _cell_path(store: Path, row: Row, task: Task) -> Path:
     return store / safe_name(row.name) / f"{safe_name(task.key)}.json"
 
 
-def _read_cell(path: Path, key: str) -> dict | None:
+def _stored(path: Path, field: str) -> dict | None:
+    """The JSON dengen stored at `path` (a cell has "key", a profile "spec"), None when there is none. Any other
+    file there is refused before work starts: dengen never writes over a file it did not write."""
     try:
-        cell = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return None
-    return cell if cell.get("key") == key else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        stored = None
+    if not isinstance(stored, dict) or field not in stored:
+        raise DataError(path, None, None, "not a file dengen wrote for a leaderboard; move it away, "
+                                          "dengen will not write over it")
+    return stored
+
+
+def _read_cell(path: Path, key: str) -> dict | None:
+    cell = _stored(path, "key")
+    return cell if cell and cell["key"] == key else None
 
 
 def recipe_settings(row: Row) -> tuple[dict, Path]:
@@ -378,6 +390,8 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
     results, missing, profiles, computed = [], [], {}, 0
     for row in board.rows:
         ctx = None
+        profile_path = _cell_path(store, row, Task("profile"))
+        stored = _stored(profile_path, "spec")  # refuses a foreign file before the row's work
         for task in board.tasks:
             if row.tasks is not None and task.name not in row.tasks:
                 missing.append({"row": row.name, "task": task.key, "reason": "not run for this row (its tasks: "
@@ -385,7 +399,8 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
                 continue
             key = cell_key(row, task, root)
             path = _cell_path(store, row, task)
-            cell = _read_cell(path, key) if cached else None
+            cell = _read_cell(path, key)
+            cell = cell if cached else None
             if cell is None and only is not None and row.name not in only:
                 missing.append({"row": row.name, "task": task.key, "reason": "not computed yet"})
                 continue
@@ -423,13 +438,12 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
                 missing.append({"row": row.name, "task": task.key, "reason": cell["skipped"]})
             else:
                 results += [Result.from_json(r, path) for r in cell["results"]]
-        profile_path = _cell_path(store, row, Task("profile"))
         built = next(iter(ctx.built.values()), None) if ctx else None
         if built is not None:
             profiles[row.name] = {**_profile(built), "spec": row.retriever}
             atomic_write(profile_path, json.dumps(profiles[row.name], indent=2) + "\n")
-        elif profile_path.is_file():
-            profiles[row.name] = json.loads(profile_path.read_text(encoding="utf-8"))
+        elif stored:
+            profiles[row.name] = stored
     return Filled(results, missing, profiles, computed)
 
 

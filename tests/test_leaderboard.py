@@ -88,6 +88,7 @@ def test_a_failing_cell_never_stops_the_board_and_is_retried(tmp_path, capsys):
     ("tasks: [{name: limit, sample: 0}]\nrows:\n  - {name: a, retriever: bm25}\n", "line 1, field 'sample'"),
     ("tasks: [scifact]\nrows:\n  - {name: a, retriever: bm25}\n  - {name: a, retriever: bm25}\n", "line 4, field 'name': row names"),
     ("tasks: [scifact\n", "not valid YAML"),
+    ("cells: [a]\ntasks: [scifact]\nrows:\n  - {name: a, retriever: bm25}\n", "line 1, field 'cells': expected a folder path"),
 ])
 def test_bad_boards_name_the_file_line_and_field(tmp_path, text, where):
     path = board_file(tmp_path, text)
@@ -208,3 +209,15 @@ def test_trained_rows_cells_are_keyed_on_the_recipe_and_survive_a_fresh_machine(
     recipe.write_text(f"out: {made}\nrank: 16\n")  # other settings: the model is made again, the cell computed again
     changed = run_board(board, tmp_path / "out", root)
     assert changed.computed == 1 and len(trained) == 4
+
+
+@pytest.mark.parametrize("name, text", [("scifact.json", "my notes\n"), ("profile.json", '{"mine": 1}\n')])
+def test_a_file_dengen_did_not_write_in_the_cell_store_is_refused_and_kept(tmp_path, name, text):
+    root, store = data_root(tmp_path), tmp_path / "store"
+    (store / "BM25").mkdir(parents=True)
+    (store / "BM25" / name).write_text(text)
+    board = read_board(board_file(tmp_path, f"cells: {store}\ntasks: [scifact]\nrows:\n  - {{name: BM25, retriever: bm25}}\n"))
+    with pytest.raises(DataError, match="not a file dengen wrote for a leaderboard; move it away"):
+        run_board(board, tmp_path / "out", root)
+    assert (store / "BM25" / name).read_text() == text
+    assert sorted(p.name for p in (store / "BM25").iterdir()) == [name]  # nothing computed or written beside it

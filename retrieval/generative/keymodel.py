@@ -63,6 +63,11 @@ def layout_templates(layout: str | dict) -> dict[str, str]:
     return dict(layout)
 
 
+def _picked(full, target, mask):
+    """The log-probability of each target token from the full log-softmax (B x T x V), 0 on padding."""
+    return full.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0)
+
+
 class KeyModel:
     """A seq2seq or causal LM that generates corpus n-grams for a query.
 
@@ -336,7 +341,7 @@ class KeyModel:
     def target_logprobs(self, sources: Sequence[str], targets: Sequence[Sequence[int]]):
         """Per-token log-probabilities (B x T tensor, 0 on padding) of `targets` given `sources`, and the mask."""
         full, target, target_mask = self.target_distributions(sources, targets)
-        return full.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(~target_mask, 0.0), target_mask
+        return _picked(full, target, target_mask), target_mask
 
     def target_distributions(self, sources: Sequence[str], targets: Sequence[Sequence[int]]):
         """The log-softmax over the vocabulary at every target position (B x T x V, teacher-forced), the padded
@@ -374,8 +379,7 @@ class KeyModel:
         GENRE's training scripts, eps 0.1): the target keeps 1 - eps and every other token gets eps / (V - 1),
         loss = (1 - eps - eps_i) * nll + eps_i * sum over the vocabulary of -log p, eps_i = eps / (V - 1)."""
         full, target, mask = self.target_distributions(sources, targets)
-        # the same sums, in the same order, as target_logprobs: eps 0 trains exactly as before the option existed
-        nll = -full.gather(-1, target.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, 0.0).sum()
+        nll = -_picked(full, target, mask).sum()  # target_logprobs' sum: eps 0 trains exactly as before the option
         if not label_smoothing:
             return nll / mask.sum()
         eps_i = label_smoothing / (self.vocab_size - 1)
