@@ -229,6 +229,13 @@ def test_unconstrained_ablation_still_keeps_only_corpus_keys(tiny_seal):
     assert all(tiny_seal.fm.count(list(k)) > 0 for k in keys)
     with pytest.raises(ValueError, match="unknown SEAL option"):
         tiny_seal.set_search_options(beams=3)
+    # a known option with a value of the wrong type is refused before any search, not at its first use
+    for bad, shown in (({"beam": True}, "beam=True: expected int"), ({"beam": "5"}, "beam='5': expected int"),
+                       ({"whole_words": 1}, "whole_words=1: expected bool"), ({"alpha": "x"}, "alpha='x': expected float")):
+        with pytest.raises(ValueError, match=f"SEAL option {shown}"):
+            tiny_seal.set_search_options(**bad)
+    tiny_seal.set_search_options(alpha=2)  # an int where a float is expected is a number
+    tiny_seal.set_search_options(alpha=2.0)
 
 
 # ---------------------------------------------------------------- the common API

@@ -31,6 +31,13 @@ class GenerativeRetriever(Retriever):
         unknown = set(options) - set(self.search_defaults)
         if unknown:
             raise ValueError(f"unknown {self.method} option(s) {sorted(unknown)}; known: {sorted(self.search_defaults)}")
+        for name, value in options.items():
+            default = self.search_defaults[name]
+            # a number where a float is expected is fine; a bool is not a number here (beam=true is a typo)
+            expected = (int, float) if type(default) is float else type(default)
+            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+                raise ValueError(f"{self.method} option {name}={value!r}: expected {type(default).__name__} "
+                                 f"(its default is {default!r})")
 
     def set_search_options(self, **options) -> None:
         """Change search-time options of a built or loaded index (beam, ablation switches, ...)."""
