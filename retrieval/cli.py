@@ -208,7 +208,12 @@ def cmd_leaderboard(args) -> None:
     unknown = sorted(only - {row.name for row in board.rows}) if only else []
     if unknown:
         raise SpecError(f"--row: {', '.join(map(repr, unknown))} not in {args.board}")
-    filled = run_board(board, args.out, args.data_root, train=not args.no_train, cached=args.action == "run", only=only)
+    if args.action == "report":  # the stored cells only: no row computed, no recipe trained
+        if only:
+            raise SpecError("--row: `leaderboard report` computes no row; use `leaderboard run` to compute one")
+        only = set()
+    filled = run_board(board, args.out, args.data_root, train=not args.no_train and args.action != "report",
+                       cached=args.action != "check", only=only)
     print(f"{filled.computed} cell(s) computed, {len(filled.results)} result(s), {len(filled.missing)} cell(s) empty")
     if filled.results:
         page = write_report(filled.results, Path(args.out) / "report", title=board.title, missing=filled.missing,
@@ -330,10 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--trust-paths", action="store_true", help=TRUST_HELP)
     srv.set_defaults(func=cmd_serve)
 
-    board = sub.add_parser("leaderboard", help="fill or check a leaderboard file (rows x tasks, cached per cell)")
-    board.add_argument("action", choices=("run", "check"),
-                       help="run: compute the cells not already in --out; check: compute every cell again and "
-                            "fail (exit 2) on any score outside its expected tolerance")
+    board = sub.add_parser("leaderboard", help="fill, check or render a leaderboard file (rows x tasks, cached per cell)")
+    board.add_argument("action", choices=("run", "check", "report"),
+                       help="run: compute the cells not already stored; check: compute every cell again and "
+                            "fail (exit 2) on any score outside its expected tolerance; report: render the stored "
+                            "cells only (nothing computed)")
     board.add_argument("board", help="leaderboard YAML, e.g. eval/leaderboards/default.yaml")
     board.add_argument("--out", required=True, help="folder for the report (report/), and for the cells (cells/) of a board without its own cells: folder and of every check")
     board.add_argument("--data", action="append", help="also score every row on this BEIR folder (repeatable)")

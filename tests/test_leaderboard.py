@@ -221,3 +221,20 @@ def test_a_file_dengen_did_not_write_in_the_cell_store_is_refused_and_kept(tmp_p
         run_board(board, tmp_path / "out", root)
     assert (store / "BM25" / name).read_text() == text
     assert sorted(p.name for p in (store / "BM25").iterdir()) == [name]  # nothing computed or written beside it
+
+
+def test_cli_report_renders_the_stored_cells_and_computes_nothing(tmp_path):
+    root, out = data_root(tmp_path), tmp_path / "out"
+    path = board_file(tmp_path)
+    run_board(read_board(path), out, root, only={"BM25"})  # one row stored, the other never computed
+    code = (f"from retrieval.cli import main; main(['leaderboard', 'report', '{path}', '--out', '{out}', "
+            f"'--data-root', '{root}'])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "0 cell(s) computed, 2 result(s)" in done.stdout and "[BM25 k1=0.5]" not in done.stdout
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {row["label"] for row in report["rows"]} == {"BM25"}
+    assert {m["reason"] for m in report["missing"] if m["row"] == "BM25 k1=0.5"} == {"not computed yet"}
+    done = subprocess.run([sys.executable, "-c", code.replace("])", ", '--row', 'BM25'])")], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "`leaderboard report` computes no row" in done.stderr
