@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=400, help="test questions to search again (seeded)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    needed = [args.folder / name for name in ("results.json", "runs/corpusbrain.json", "index-finetuned")]
+    if missing := [str(path) for path in needed if not path.exists()]:
+        parser.error(f"{args.folder}: not a fine-tuned `dengen train corpusbrain` folder ({', '.join(missing)} missing)")
     torch.set_num_threads(args.threads)
     config = json.loads((args.folder / "results.json").read_text(encoding="utf-8"))["config"]
     dataset, _, test = load_data(config)

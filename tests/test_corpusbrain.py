@@ -57,6 +57,22 @@ def test_length_penalty_one_ranks_titles_by_their_mean_token_log_probability(tin
     assert [score for _, score in found] == sorted((score for _, score in found), reverse=True)
 
 
+def test_a_beam_as_wide_as_the_titles_is_exact_search(tiny_brain):
+    """scripts/corpusbrain_exact_check.py's premise: with one beam per title no prefix of the trie is pruned, so
+    every title comes back with its teacher-forced log P(title, eos | query) and the first is the argmax."""
+    query, eos = "what causes scurvy", tiny_brain.keymodel.eos_id
+    titles = sorted(set(map(tuple, tiny_brain.identifiers)))
+    tiny_brain.config["beam"] = len(titles)
+    try:
+        found = dict(tiny_brain.generate_titles([query])[0])
+    finally:
+        tiny_brain.config["beam"] = 5
+    exact = dict(zip(titles, tiny_brain.keymodel.score_keys(query, [list(t) + [eos] for t in titles])))
+    assert set(found) == set(exact)
+    assert [found[t] for t in titles] == pytest.approx([exact[t] for t in titles], abs=1e-4)
+    assert max(found, key=found.get) == max(exact, key=exact.get)
+
+
 def test_documents_sharing_a_title_share_its_score(keymodel):
     corpus = Corpus([Doc("a", "Insulin", "one"), Doc("b", "insulin", "two"), Doc("c", "Chess", "three")])
     retriever = build_retriever("corpusbrain", model="bert2bert", beam=3)
