@@ -1,20 +1,23 @@
 """User errors of the SEAL recipe scripts end in one line and exit 2, before anything loads; `recipe_queries`
-reads back what a recipe folder was run on."""
+(SEAL's and UGR's) reads back what a recipe folder was run on."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, write_beir
+from conftest import REPO, SHARED_DATA, shared, write_beir
 
 from retrieval.errors import SpecError
+from training import ugr
 from training.seal import recipe_queries
 
 
 @pytest.mark.parametrize("argv, says", [
     (["scripts/seal_dev_sweep.py", "{folder}", "lenght", "5"], "'lenght' is not a SEAL search option"),
     (["scripts/seal_dev_sweep.py", "{folder}", "length", "5"], "no results.json here"),
+    (["scripts/seal_dev_sweep.py", "{folder}", "beam", "5,15", "--granularity", "sentence"], "not a folder written by `dengen train ugr`"),
+    (["scripts/seal_dev_sweep.py", "{folder}", "beam", "5", "--test", "every"], "invalid choice: 'every'"),
     (["scripts/seal_hybrid.py", "{folder}"], "no results.json here"),
 ])
 def test_scripts_refuse_bad_arguments_in_one_line(tmp_path, argv, says):
@@ -33,3 +36,23 @@ def test_recipe_queries_reads_the_recipes_sample_and_dev_queries(tmp_path):
     assert not set(sample) & set(dev.queries)  # dev queries are never test-sample queries
     with pytest.raises(SpecError, match="no results.json"):
         recipe_queries(tmp_path / "data")
+
+
+def test_ugr_recipe_queries_reads_a_granularitys_queries_index_and_dev_choice(tmp_path):
+    """The sentence granularity of the shared SciFact claims: the recipe's seeded test sample, dev queries
+    drawn from training claims that did not train, and the options the granularity chose on them."""
+    shared("scifact-claims")
+    config = {"data": str(SHARED_DATA), "granularities": ["sentence"], "train_queries": 10,
+              "test_sample": 5, "dev_sample": 3, "dev_choices": [{}, {"unigram_scores": True}], "designs": ["discrete"]}
+    rows = [{"options": {"model": "multitask-discrete", "granularity": "sentence"}, "granularity": "sentence",
+             "dev": {"chosen": {"unigram_scores": True}}}]
+    (tmp_path / "results.json").write_text(json.dumps({"config": config, "rows": rows}))
+    full, test, sample, dev, index, chosen = ugr.recipe_queries(tmp_path, "sentence")
+    assert len(sample) == 5 and set(sample) <= set(test.queries) and len(test.queries) > 5
+    units = ugr.load_units(full)
+    trained = ugr.training_queries(units["sentence"], full)
+    assert len(dev.queries) == 3 and not set(dev.queries) & (set(trained) | set(test.queries))
+    assert all(dev.qrels[q] for q in dev.queries)  # dev queries have relevant sentences
+    assert index == tmp_path / "indexes" / "multitask-discrete-scifact" and chosen == {"unigram_scores": True}
+    with pytest.raises(SpecError, match="no 'page' granularity"):
+        ugr.recipe_queries(tmp_path, "page")

@@ -221,6 +221,31 @@ def dev_sets(units: dict, config: dict) -> dict | None:
     return devs
 
 
+def recipe_queries(folder: Path, granularity: str) -> tuple[dict, object, dict[str, str], object, Path, dict]:
+    """What a folder written by `dengen train ugr` searched at one granularity: (config, the full test Dataset,
+    the recipe's test sample, the dev Dataset or None, the first multi-task model's index, the search options
+    the granularity chose on its dev queries). A folder without results.json is a SpecError naming it."""
+    from retrieval.errors import SpecError
+
+    results = Path(folder) / "results.json"
+    if not results.is_file():
+        raise SpecError(f"{folder}: no results.json here, so it is not a folder written by `dengen train ugr`")
+    report = json.loads(results.read_text(encoding="utf-8"))
+    config = {**DEFAULTS, **report["config"]}
+    if granularity not in config["granularities"]:
+        raise SpecError(f"{folder}: the recipe has no {granularity!r} granularity (it has {', '.join(config['granularities'])})")
+    if not config["designs"]:
+        raise SpecError(f"{folder}: the recipe trained no multi-task model (designs: [])")
+    model = f"multitask-{config['designs'][0]}"
+    chosen = next((r["dev"]["chosen"] for r in report["rows"]
+                   if r["options"].get("model") == model and r["granularity"] == granularity and "dev" in r), {})
+    units = load_units(config)
+    test = units[granularity].split("test")
+    devs = dev_sets({granularity: units[granularity]}, config)
+    return (config, test, sample_queries(test.queries, config["test_sample"], config["seed"]),
+            devs[granularity] if devs else None, Path(folder) / "indexes" / f"{model}-{corpus_of(granularity)}", chosen)
+
+
 def run_stem(out: Path, model: str, granularity: str) -> Path:
     return out / "runs" / f"{model}-{granularity}"
 
