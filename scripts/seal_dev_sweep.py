@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from bench_common import write_json
+from indexes.manifest import IndexLoadError
 from eval.metrics import evaluate_run
 from retrieval import load_retriever
 from retrieval.errors import SpecError
@@ -64,7 +65,10 @@ def main() -> None:
     if dev is None:
         parser.error(f"{args.folder}: the recipe has no dev queries (dev_split)")
     torch.set_num_threads(args.threads)
-    retriever = load_retriever(index)
+    try:
+        retriever = load_retriever(index)
+    except IndexLoadError as err:  # the recipe's index deleted or never written
+        parser.error(str(err))
     retriever.set_search_options(**options)
     rows = []
     for value in args.values:
@@ -74,6 +78,9 @@ def main() -> None:
               "index_options": {k: retriever.config[k] for k in ("beam", "length", "title_keys", "unigram_scores", "dtype", "batch_size")
                                 if k != args.option},
               "rows": rows}
+    suffix = f"-{args.granularity}" if args.granularity else ""
+    out = args.folder / f"dev-sweep-{args.option}{suffix}.json"
+    write_json(out, result)  # the dev figures kept even if the test search is stopped
     if args.test:
         best = max(rows, key=lambda row: row["ndcg@10"])[args.option]  # max keeps the first of equals
         queries = sample if args.test == "sample" else test.queries
@@ -81,8 +88,8 @@ def main() -> None:
         retriever.set_search_options(**{args.option: best})
         result["test"] = {args.option: best, "queries": len(queries), "which": args.test,
                           **scored(retriever, chosen, f"test ({len(queries)} queries) {args.option}={best}")}
-    suffix = f"-{args.granularity}" if args.granularity else ""
-    write_json(args.folder / f"dev-sweep-{args.option}{suffix}.json", result)
+        write_json(out, result)
+
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,23 @@ def test_scripts_refuse_bad_arguments_in_one_line(tmp_path, argv, says):
     assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr
 
 
+def test_sweep_refuses_a_folder_of_the_other_recipe_or_without_its_index_in_one_line(tmp_path):
+    """A SEAL folder given a granularity, a UGR folder given none, a UGR folder whose index is gone."""
+    shared("scifact-claims")
+    (tmp_path / "seal").mkdir()
+    (tmp_path / "seal" / "results.json").write_text(json.dumps({"config": {"data": str(SHARED_DATA / "scifact")}}))
+    (tmp_path / "ugr").mkdir()
+    (tmp_path / "ugr" / "results.json").write_text(json.dumps({"config": {
+        "data": str(SHARED_DATA), "granularities": ["sentence"], "dev_choices": [{}], "designs": ["discrete"]}, "rows": []}))
+    for folder, extra, says in [("seal", ["--granularity", "sentence"], "not a folder written by `dengen train ugr`"),
+                                ("ugr", [], "written by `dengen train ugr`, not `dengen train seal`"),
+                                ("ugr", ["--granularity", "sentence"], "multitask-discrete-scifact: no such index folder")]:
+        done = subprocess.run([sys.executable, "scripts/seal_dev_sweep.py", str(tmp_path / folder), "beam", "5", *extra],
+                              cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr[-500:]
+    assert sorted(p.name for p in (tmp_path / "ugr").iterdir()) == ["results.json"]  # nothing written
+
+
 def test_recipe_queries_reads_the_recipes_sample_and_dev_queries(tmp_path):
     queries = {f"q{i}": f"query {i}" for i in range(6)}
     data = write_beir(tmp_path / "data", queries=queries, qrels={q: {"d1": 1} for q in queries})

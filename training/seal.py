@@ -213,7 +213,10 @@ def recipe_queries(folder: Path) -> tuple[dict, object, dict[str, str], object]:
     results = Path(folder) / "results.json"
     if not results.is_file():
         raise SpecError(f"{folder}: no results.json here, so it is not a folder written by `dengen train seal`")
-    config = {**DEFAULTS, **json.loads(results.read_text(encoding="utf-8"))["config"]}
+    written = json.loads(results.read_text(encoding="utf-8"))["config"]
+    if "granularities" in written:  # a UGR recipe's folder: its indexes and queries are per granularity
+        raise SpecError(f"{folder}: written by `dengen train ugr`, not `dengen train seal`")
+    config = {**DEFAULTS, **written}
     test = load_dataset(config["data"], config["test_split"])
     sample = sample_queries(test.queries, config["query_sample"], config["seed"])
     return config, test, sample, dev_dataset(config, sample)

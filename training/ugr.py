@@ -221,29 +221,32 @@ def dev_sets(units: dict, config: dict) -> dict | None:
     return devs
 
 
+def dev_chosen(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """{(model, granularity): the scoring options its dev queries chose}, from a results.json's rows."""
+    return {(r["options"]["model"], r["granularity"]): r["dev"]["chosen"] for r in rows if "dev" in r}
+
+
 def recipe_queries(folder: Path, granularity: str) -> tuple[dict, object, dict[str, str], object, Path, dict]:
     """What a folder written by `dengen train ugr` searched at one granularity: (config, the full test Dataset,
     the recipe's test sample, the dev Dataset or None, the first multi-task model's index, the search options
-    the granularity chose on its dev queries). A folder without results.json is a SpecError naming it."""
+    the granularity chose on its dev queries). A folder not written by the UGR recipe is a SpecError naming it."""
     from retrieval.errors import SpecError
 
     results = Path(folder) / "results.json"
-    if not results.is_file():
-        raise SpecError(f"{folder}: no results.json here, so it is not a folder written by `dengen train ugr`")
-    report = json.loads(results.read_text(encoding="utf-8"))
+    report = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
+    if "granularities" not in report.get("config", {}):  # the UGR recipe writes its whole config; SEAL's has no granularities
+        raise SpecError(f"{folder}: no UGR results.json here, so it is not a folder written by `dengen train ugr`")
     config = {**DEFAULTS, **report["config"]}
     if granularity not in config["granularities"]:
         raise SpecError(f"{folder}: the recipe has no {granularity!r} granularity (it has {', '.join(config['granularities'])})")
     if not config["designs"]:
         raise SpecError(f"{folder}: the recipe trained no multi-task model (designs: [])")
     model = f"multitask-{config['designs'][0]}"
-    chosen = next((r["dev"]["chosen"] for r in report["rows"]
-                   if r["options"].get("model") == model and r["granularity"] == granularity and "dev" in r), {})
-    units = load_units(config)
-    test = units[granularity].split("test")
-    devs = dev_sets({granularity: units[granularity]}, config)
-    return (config, test, sample_queries(test.queries, config["test_sample"], config["seed"]),
-            devs[granularity] if devs else None, Path(folder) / "indexes" / f"{model}-{corpus_of(granularity)}", chosen)
+    unit = load_units(config)[granularity]
+    devs = dev_sets({granularity: unit}, config)
+    return (config, unit.split("test"), sampled_tests({granularity: unit}, config)[granularity].queries,
+            devs[granularity] if devs else None, Path(folder) / "indexes" / f"{model}-{corpus_of(granularity)}",
+            dev_chosen(report["rows"]).get((model, granularity), {}))
 
 
 def run_stem(out: Path, model: str, granularity: str) -> Path:
@@ -282,8 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.verify:  # the first multi-task model (or per-task models), every granularity, from its saved index
         verdicts, chosen = {}, {}
         if (out / "results.json").is_file():  # the scoring options each granularity chose on its dev queries
-            chosen = {(r["options"]["model"], r["granularity"]): r["dev"]["chosen"]
-                      for r in json.loads((out / "results.json").read_text())["rows"] if "dev" in r}
+            chosen = dev_chosen(json.loads((out / "results.json").read_text())["rows"])
         for name in ([f"multitask-{config['designs'][0]}"] if config["designs"] else [f"single-{g}" for g in units]):
             for g in units:
                 index, saved = out / "indexes" / f"{name}-{corpus_of(g)}", run_stem(out, name, g).with_suffix(".json")
