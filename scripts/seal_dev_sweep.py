@@ -7,7 +7,8 @@ For options that change which keys are generated (beam, length, title_keys, ...)
 sample and the dev queries) and searches its saved index with the index's own options (for UGR, the
 granularity's and the scoring options its dev queries chose) plus OPTION=VALUE. Never a test query is
 searched, unless --test asks for the value dev chose (the best nDCG@10, the first of equals) to be scored
-once on the recipe's test sample or on every test query. Writes FOLDER/dev-sweep-OPTION[-GRANULARITY].json.
+once on the recipe's test sample or on every test query. Writes FOLDER/dev-sweep-OPTION-VALUES[-GRANULARITY][-test-WHICH].json
+(one file per sweep: another sweep of the same option does not overwrite this one's record).
 
     .venv/bin/python scripts/seal_dev_sweep.py results/seal-scifact-lora-all length 10,8,6,5,4
     .venv/bin/python scripts/seal_dev_sweep.py results/ugr-smollm2-lora-400 beam 5,15 --granularity sentence --test all
@@ -40,6 +41,12 @@ def scored(retriever, dataset, label: str) -> dict:
     row = {"ndcg@10": metrics["ndcg@10"], "recall@100": metrics["recall@100"], "ms_per_query": 1000 * seconds / len(dataset.queries)}
     print(f"{label}: nDCG@10 {row['ndcg@10']:.4f}  recall@100 {row['recall@100']:.4f}  {row['ms_per_query']:.0f} ms/query", flush=True)
     return row
+
+
+def sweep_name(option: str, values: list, granularity: str | None, test: str | None) -> str:
+    """The sweep's file name: its option, values, granularity and test mode, so sweeps do not overwrite each other."""
+    parts = [option, ",".join(map(str, values)), granularity, test and f"test-{test}"]
+    return "dev-sweep-" + "-".join(p for p in parts if p) + ".json"
 
 
 def main() -> None:
@@ -78,8 +85,7 @@ def main() -> None:
               "index_options": {k: retriever.config[k] for k in ("beam", "length", "title_keys", "unigram_scores", "dtype", "batch_size")
                                 if k != args.option},
               "rows": rows}
-    suffix = f"-{args.granularity}" if args.granularity else ""
-    out = args.folder / f"dev-sweep-{args.option}{suffix}.json"
+    out = args.folder / sweep_name(args.option, args.values, args.granularity, args.test)
     write_json(out, result)  # the dev figures kept even if the test search is stopped
     if args.test:
         best = max(rows, key=lambda row: row["ndcg@10"])[args.option]  # max keeps the first of equals

@@ -73,3 +73,14 @@ def test_ugr_recipe_queries_reads_a_granularitys_queries_index_and_dev_choice(tm
     assert index == tmp_path / "indexes" / "multitask-discrete-scifact" and chosen == {"unigram_scores": True}
     with pytest.raises(SpecError, match="no 'page' granularity"):
         ugr.recipe_queries(tmp_path, "page")
+
+
+def test_each_sweep_writes_its_own_file():
+    """A sweep with other values, granularity or test mode does not overwrite an earlier sweep's record."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from seal_dev_sweep import sweep_name
+
+    assert sweep_name("beam", [5, 15], "sentence", "all") == "dev-sweep-beam-5,15-sentence-test-all.json"
+    assert sweep_name("length", [10, 8, 5], None, None) == "dev-sweep-length-10,8,5.json"
+    names = {sweep_name("beam", v, g, t) for v in ([5], [15], [5, 15]) for g in (None, "sentence") for t in (None, "sample", "all")}
+    assert len(names) == 18
