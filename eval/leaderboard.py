@@ -371,17 +371,18 @@ def _profile(retriever) -> dict:
 
     from retrieval.longdoc import encoder_of
 
+    encoder = encoder_of(retriever)  # first: it loads a lazy encoder, whose parameters then count
     visit(retriever, 0)
-    encoder = encoder_of(retriever)
     return {"parameters": parameters or None, "dims": getattr(encoder, "dim", None) if encoder is not None else None}
 
 
 def run_board(board: Board, out: str | Path, data_root: str | Path | None = None, *, train: bool = True,
-              cached: bool = True, only: set[str] | None = None) -> Filled:
+              cached: bool = True, only: set[str] | None = None, only_tasks: set[str] | None = None) -> Filled:
     """Fill every cell of `board` not already stored with the same key (every cell when not `cached`);
     write each as it finishes. Cells live in the board's `cells:` folder, or OUT/cells when it has none or
     when not `cached` (a check never rewrites the committed cells). With `only`, rows not named there are
-    read from the cache, never computed."""
+    read from the cache, never computed; with `only_tasks` (task names or keys, e.g. "squad-pages@200"),
+    the same for the other tasks, so one row's long cells can be filled one session at a time."""
     from eval.suite import TASKS, Skip, SuiteRun, retrieval_task
     from retrieval.data import shared_data
 
@@ -401,7 +402,8 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
             path = _cell_path(store, row, task)
             cell = _read_cell(path, key)
             cell = cell if cached else None
-            if cell is None and only is not None and row.name not in only:
+            if cell is None and ((only is not None and row.name not in only)
+                                 or (only_tasks is not None and not {task.name, task.key} & only_tasks)):
                 missing.append({"row": row.name, "task": task.key, "reason": "not computed yet"})
                 continue
             if cell is None and not train and row.recipe and not recipe_is_current(row):
@@ -439,6 +441,10 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
             else:
                 results += [Result.from_json(r, path) for r in cell["results"]]
         built = next(iter(ctx.built.values()), None) if ctx else None
+        if built is None and not stored and (only is None or row.name in only) and any(r.label == row.name for r in results):
+            from retrieval.spec import parse_spec
+
+            built = parse_spec(row.retriever)  # its tasks kept no index (QMSum), or came from the cache: the model alone
         if built is not None:
             profiles[row.name] = {**_profile(built), "spec": row.retriever}
             atomic_write(profile_path, json.dumps(profiles[row.name], indent=2) + "\n")

@@ -230,6 +230,9 @@ def load_qmsum(folder: str | Path, split: str = "test", *, answer_as_query: bool
 
 # ---------------------------------------------------------------- evaluation
 
+# retrievers that cut documents into chunks themselves and score a document by its best chunk
+CHUNKING_KINDS = ("chunked", "situated")
+
 
 def _truncate(retriever, dataset: Dataset, max_words: int | None) -> tuple[Dataset, dict]:
     """Cut documents to `max_words` words and/or report the encoder's token cut; one warning each."""
@@ -254,8 +257,9 @@ def _truncate(retriever, dataset: Dataset, max_words: int | None) -> tuple[Datas
 
 def long_doc_label(base: str, info: dict) -> str:
     """A file-name-safe label that says how long documents were handled."""
-    if info["mode"] == "chunk":
-        return base  # eval.runner.label already names the windows
+    if info["mode"] == "chunk":  # eval.runner.label names a chunked retriever's windows, not a situated one's
+        return base + (f"-{info['window']}x{info['stride']}{info['unit'][0]}-ctx{info['context_tokens']}t"
+                       if info.get("context_tokens") else "")
     if info["mode"] == "truncate":
         return base + (f"-trunc{info['max_words']}w" if info["max_words"] else "") + (f"-trunc{info['max_tokens']}t" if info["max_tokens"] else "")
     return f"{base}-full"
@@ -274,12 +278,12 @@ def evaluate_long(
     """`eval.runner.evaluate` plus how long documents were handled. Returns (record, run).
 
     Args:
-        retriever: any retriever; a "chunked" one for long_doc="chunk".
+        retriever: any retriever; one that chunks documents itself (CHUNKING_KINDS) for long_doc="chunk".
         dataset: the task (from `load_loco` or `load_qmsum`).
         long_doc: "truncate" (cut to max_words and/or the encoder's token limit, one warning saying how
-            much), "chunk" (a ChunkedRetriever's windows, max-pooled) or "full" (whole documents, for
-            retrievers without a length limit such as BM25). Default: "chunk" for a chunked retriever,
-            else "truncate".
+            much), "chunk" (a ChunkedRetriever's windows or a SituatedRetriever's chunks, max-pooled) or
+            "full" (whole documents, for retrievers without a length limit such as BM25). Default: "chunk"
+            for a retriever that chunks documents itself, else "truncate".
         max_words: for "truncate", keep each document's first max_words words.
         task: the task name recorded (default: the dataset's name).
         ks, latency_sample: as in `eval.runner.evaluate`.
@@ -289,10 +293,14 @@ def evaluate_long(
     """
     from eval.runner import evaluate
 
-    mode = long_doc or ("chunk" if retriever.kind == "chunked" else "truncate")
-    if (mode == "chunk") != (retriever.kind == "chunked"):
-        raise ValueError(f"long_doc={mode!r} with a {retriever.kind} retriever: chunk needs a 'chunked' retriever "
-                         "(e.g. chunked:inner=dense,window=200,stride=100), and a chunked one is always 'chunk'")
+    chunks_itself = retriever.kind in CHUNKING_KINDS
+    mode = long_doc or ("chunk" if chunks_itself else "truncate")
+    if (mode == "chunk") != chunks_itself:
+        raise ValueError(f"long_doc={mode!r} with a {retriever.kind} retriever: chunk needs a retriever that chunks "
+                         "documents itself (chunked:inner=dense,window=200,stride=100, or situated), and such a one "
+                         "is always 'chunk'")
+    if retriever.kind == "situated" and retriever.config["returns"] != "documents":
+        raise ValueError("a situated retriever on document-level qrels needs returns=documents")
     if mode == "truncate":
         dataset, info = _truncate(retriever, dataset, max_words)
     elif mode == "full":
@@ -302,7 +310,8 @@ def evaluate_long(
             raise ValueError("a dense encoder cannot read whole documents: use long_doc='truncate' or 'chunk'")
         info = {"mode": "full"}
     elif mode == "chunk":
-        info = {"mode": "chunk", **{k: retriever.config[k] for k in ("unit", "window", "stride")}}
+        info = {"mode": "chunk", **{k: retriever.config[k] for k in ("unit", "window", "stride", "context_tokens")
+                                    if k in retriever.config}}
     else:
         raise ValueError(f"long_doc must be 'truncate', 'chunk' or 'full', got {mode!r}")
     record, run = evaluate(retriever, dataset, ks=ks, latency_sample=latency_sample)
@@ -319,7 +328,8 @@ def evaluate_long(
 def long_doc_variant(info: dict) -> str:
     """The report's name for how long documents were read: "full", "truncate 256t", "chunk 150x150w"."""
     if info["mode"] == "chunk":
-        return f"chunk {info['window']}x{info['stride']}{info['unit'][0]}"
+        situated = f"+{info['context_tokens']}t context" if info.get("context_tokens") else ""
+        return f"chunk {info['window']}x{info['stride']}{info['unit'][0]}{situated}"
     if info["mode"] == "truncate":
         limits = [f"{info[k]}{unit}" for k, unit in (("max_words", "w"), ("max_tokens", "t")) if info.get(k)]
         return "truncate " + ",".join(limits)

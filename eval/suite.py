@@ -123,12 +123,14 @@ QMSUM_CHUNKS = {"window": 150, "stride": 150, "unit": "words"}  # ~200 MiniLM to
 
 def _qmsum(ctx: SuiteRun) -> list[Result]:
     """QMSum two ways: documents as the retriever takes them (a dense encoder cuts them at its token
-    limit, with a warning saying how much; BM25 reads them whole) and chunked with max-pooled windows."""
-    from eval.loco import evaluate_long, load_qmsum
+    limit, with a warning saying how much; BM25 reads them whole) and chunked with max-pooled windows.
+    A retriever that chunks documents itself (chunked, situated) is scored once, on its own chunks:
+    150-word windows around a situated retriever would cut its chunks' context at the window's edge."""
+    from eval.loco import CHUNKING_KINDS, evaluate_long, load_qmsum
 
     dataset = load_qmsum(ctx.root / "qmsum", "test")
     retriever = ctx.retriever()
-    if retriever.kind == "chunked":
+    if retriever.kind in CHUNKING_KINDS:
         return [evaluate_long(retriever, dataset)[0]]
     chunked = parse_spec({"kind": "chunked", "inner": retriever.describe(), **QMSUM_CHUNKS})
     if any(encoder_of(m) for m in getattr(retriever, "members", [])):

@@ -208,12 +208,17 @@ def cmd_leaderboard(args) -> None:
     unknown = sorted(only - {row.name for row in board.rows}) if only else []
     if unknown:
         raise SpecError(f"--row: {', '.join(map(repr, unknown))} not in {args.board}")
+    only_tasks = set(args.task) if args.task else None
+    unknown = sorted(only_tasks - {n for t in board.tasks for n in (t.name, t.key)}) if only_tasks else []
+    if unknown:
+        raise SpecError(f"--task: {', '.join(map(repr, unknown))} not in {args.board} (its tasks: "
+                        f"{', '.join(t.key for t in board.tasks)})")
     if args.action == "report":  # the stored cells only: no row computed, no recipe trained
-        if only:
-            raise SpecError("--row: `leaderboard report` computes no row; use `leaderboard run` to compute one")
+        if only or only_tasks:
+            raise SpecError("--row/--task: `leaderboard report` computes nothing; use `leaderboard run` to compute cells")
         only = set()
     filled = run_board(board, args.out, args.data_root, train=not args.no_train and args.action != "report",
-                       cached=args.action != "check", only=only)
+                       cached=args.action != "check", only=only, only_tasks=only_tasks)
     print(f"{filled.computed} cell(s) computed, {len(filled.results)} result(s), {len(filled.missing)} cell(s) empty")
     if filled.results:
         page = write_report(filled.results, Path(args.out) / "report", title=board.title, missing=filled.missing,
@@ -346,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--data-root", help="the shared data folder (default $DENGEN_SHARED_DATA or ../shared/data)")
     board.add_argument("--no-train", action="store_true", help="never run a row's recipe (cells that need it stay empty, with the reason)")
     board.add_argument("--row", action="append", help="compute only this row (repeatable); the others come from the cache")
+    board.add_argument("--task", action="append", help="compute only this task (repeatable; a name, or a key such as "
+                       "squad-pages@200); the other cells come from the cache")
     board.add_argument("--screenshot", help="also render the report in headless Chromium to this PNG")
     board.add_argument("--window", default="1400x2400", help="screenshot size, WIDTHxHEIGHT pixels")
     board.set_defaults(func=cmd_leaderboard)

@@ -144,6 +144,12 @@ def test_rows_limited_to_some_tasks_and_runs_limited_to_some_rows(tmp_path):
     assert reasons[("BM25", "scifact")] == "not computed yet"
     with pytest.raises(DataError, match="field 'tasks': expected a list of the board's tasks"):
         read_board(board_file(tmp_path, text.replace("tasks: [scifact]", "tasks: [qmsum]")))
+    # --task: only some tasks of a row computed now (a long row filled one session at a time)
+    second = run_board(board, out, root, only={"BM25"}, only_tasks={"limit@50"})
+    assert second.computed == 1 and ("BM25", "limit-small") in {(r.label, r.column) for r in second.results}
+    reasons = {(m["row"], m["task"]): m["reason"] for m in second.missing}
+    assert reasons[("BM25", "scifact")] == "not computed yet"
+    assert run_board(board, out, root, only_tasks={"scifact"}).computed == 1  # the rest came from the cache
 
 
 def test_a_task_revision_invalidates_the_cells_cached_before_it(monkeypatch, tmp_path):
@@ -237,4 +243,7 @@ def test_cli_report_renders_the_stored_cells_and_computes_nothing(tmp_path):
     assert {m["reason"] for m in report["missing"] if m["row"] == "BM25 k1=0.5"} == {"not computed yet"}
     done = subprocess.run([sys.executable, "-c", code.replace("])", ", '--row', 'BM25'])")], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
-    assert done.returncode == 2 and "`leaderboard report` computes no row" in done.stderr
+    assert done.returncode == 2 and "`leaderboard report` computes nothing" in done.stderr
+    done = subprocess.run([sys.executable, "-c", code.replace("'report'", "'run'").replace("])", ", '--task', 'qmsum'])")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "--task: 'qmsum' not in" in done.stderr and "its tasks: scifact, limit@50, sts" in done.stderr

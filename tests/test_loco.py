@@ -136,7 +136,7 @@ def test_bm25_records_say_how_long_documents_were_handled(loco_root):
     assert chunk.label == "chunked-bm25-40x20w" and chunk.metrics["mrr@1"] == 1.0
     with pytest.raises(ValueError, match="give max_words=N to truncate, or use long_doc='full'"):
         evaluate_long(parse_spec("bm25"), ds)
-    with pytest.raises(ValueError, match="chunk needs a 'chunked' retriever"):
+    with pytest.raises(ValueError, match="chunk needs a retriever that chunks documents itself"):
         evaluate_long(parse_spec("bm25"), ds, long_doc="chunk")
 
 

@@ -187,6 +187,35 @@ def test_retriever_can_return_documents_scored_by_their_best_chunk(tiny_model):
     assert docs.search_one("why rubber?", k=2)[0].parent in best  # search_one still gives chunks
 
 
+def test_long_document_tasks_score_a_situated_row_once_on_its_own_chunks(tiny_model, tmp_path):
+    """QMSum in the suite: a situated retriever already cuts documents into chunks (with their context), so
+    it is scored once, as it reads them, and not again inside 150-word windows that would clip the context."""
+    from conftest import write_beir
+
+    from eval.loco import evaluate_long
+    from retrieval.data import Dataset
+    from eval.suite import run_suite
+    from retrieval.spec import parse_spec
+
+    root = tmp_path / "data"
+    write_beir(root / "qmsum", docs=[(d.id, "", d.text) for d in CORPUS],
+               queries={"q1": "why rubber?", "q2": "what does the remote need?"}, qrels={"q1": {"m1": 1}, "q2": {"m2": 1}})
+    spec = (f"situated:model={tiny_model},baseline={tiny_model},unit=lines,context_tokens=24,max_length=64,"
+            "batch_size=2,returns=documents")
+    (record,) = run_suite(spec, tmp_path / "results", data_root=root, tasks=["qmsum"], name="SitEmb")
+    assert record.column == "QMSum [chunk 1x1l+24t context]" and record.variant == "chunk 1x1l+24t context"
+    assert record.details["long_doc"] == {"mode": "chunk", "unit": "lines", "window": 1, "stride": 1,
+                                          "context_tokens": 24, "chunks": 6}
+    assert record.metrics["ndcg@10"] > 0 and record.label == "SitEmb"
+    dataset = Dataset(CORPUS, {"q1": "why rubber?"}, {"q1": {"m1": 1}}, "toy")
+    record, _ = evaluate_long(parse_spec(spec), dataset)
+    assert record.label == "situated-1x1l-ctx24t"
+    with pytest.raises(ValueError, match="needs returns=documents"):
+        evaluate_long(parse_spec(spec.replace("returns=documents", "returns=chunks")), dataset)
+    with pytest.raises(ValueError, match="is always 'chunk'"):
+        evaluate_long(parse_spec(spec), dataset, long_doc="truncate")
+
+
 def test_retriever_bad_options():
     with pytest.raises(ValueError, match="returns"):
         SituatedRetriever(returns="passages")
