@@ -441,10 +441,10 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
             else:
                 results += [Result.from_json(r, path) for r in cell["results"]]
         built = next(iter(ctx.built.values()), None) if ctx else None
-        if built is None and not stored and (only is None or row.name in only) and any(r.label == row.name for r in results):
+        if built is None and ctx is not None:  # its tasks ran but kept no index (QMSum): the model alone
             from retrieval.spec import parse_spec
 
-            built = parse_spec(row.retriever)  # its tasks kept no index (QMSum), or came from the cache: the model alone
+            built = parse_spec(row.retriever)
         if built is not None:
             profiles[row.name] = {**_profile(built), "spec": row.retriever}
             atomic_write(profile_path, json.dumps(profiles[row.name], indent=2) + "\n")

@@ -152,6 +152,15 @@ def test_rows_limited_to_some_tasks_and_runs_limited_to_some_rows(tmp_path):
     assert run_board(board, out, root, only_tasks={"scifact"}).computed == 1  # the rest came from the cache
 
 
+def test_a_row_whose_tasks_keep_no_index_still_names_its_size(tmp_path):
+    """QMSum builds its retrievers inside the task: the row's profile (parameters, dims) comes from its model."""
+    root, out = data_root(tmp_path), tmp_path / "out"
+    board = read_board(board_file(tmp_path, "title: t\ntasks: [qmsum]\nrows:\n  - name: MiniLM\n    retriever: dense:model=minilm\n"))
+    filled = run_board(board, out, root)
+    assert filled.computed == 1 and filled.profiles["MiniLM"]["parameters"] == 22713216
+    assert filled.profiles["MiniLM"]["dims"] == 384
+
+
 def test_a_task_revision_invalidates_the_cells_cached_before_it(monkeypatch, tmp_path):
     """squad-pages changed its questions (the held-out half only): its cells cached before must not be reused."""
     from eval import suite
