@@ -230,9 +230,6 @@ def load_qmsum(folder: str | Path, split: str = "test", *, answer_as_query: bool
 
 # ---------------------------------------------------------------- evaluation
 
-# retrievers that cut documents into chunks themselves and score a document by its best chunk
-CHUNKING_KINDS = ("chunked", "situated")
-
 
 def _truncate(retriever, dataset: Dataset, max_words: int | None) -> tuple[Dataset, dict]:
     """Cut documents to `max_words` words and/or report the encoder's token cut; one warning each."""
@@ -278,7 +275,7 @@ def evaluate_long(
     """`eval.runner.evaluate` plus how long documents were handled. Returns (record, run).
 
     Args:
-        retriever: any retriever; one that chunks documents itself (CHUNKING_KINDS) for long_doc="chunk".
+        retriever: any retriever; one that chunks documents itself (`chunks_documents`: chunked, situated) for long_doc="chunk".
         dataset: the task (from `load_loco` or `load_qmsum`).
         long_doc: "truncate" (cut to max_words and/or the encoder's token limit, one warning saying how
             much), "chunk" (a ChunkedRetriever's windows or a SituatedRetriever's chunks, max-pooled) or
@@ -293,9 +290,8 @@ def evaluate_long(
     """
     from eval.runner import evaluate
 
-    chunks_itself = retriever.kind in CHUNKING_KINDS
-    mode = long_doc or ("chunk" if chunks_itself else "truncate")
-    if (mode == "chunk") != chunks_itself:
+    mode = long_doc or ("chunk" if retriever.chunks_documents else "truncate")
+    if (mode == "chunk") != retriever.chunks_documents:
         raise ValueError(f"long_doc={mode!r} with a {retriever.kind} retriever: chunk needs a retriever that chunks "
                          "documents itself (chunked:inner=dense,window=200,stride=100, or situated), and such a one "
                          "is always 'chunk'")

@@ -126,11 +126,11 @@ def _qmsum(ctx: SuiteRun) -> list[Result]:
     limit, with a warning saying how much; BM25 reads them whole) and chunked with max-pooled windows.
     A retriever that chunks documents itself (chunked, situated) is scored once, on its own chunks:
     150-word windows around a situated retriever would cut its chunks' context at the window's edge."""
-    from eval.loco import CHUNKING_KINDS, evaluate_long, load_qmsum
+    from eval.loco import evaluate_long, load_qmsum
 
     dataset = load_qmsum(ctx.root / "qmsum", "test")
     retriever = ctx.retriever()
-    if retriever.kind in CHUNKING_KINDS:
+    if retriever.chunks_documents:
         return [evaluate_long(retriever, dataset)[0]]
     chunked = parse_spec({"kind": "chunked", "inner": retriever.describe(), **QMSUM_CHUNKS})
     if any(encoder_of(m) for m in getattr(retriever, "members", [])):

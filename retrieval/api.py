@@ -45,6 +45,7 @@ class Retriever(ABC):
     """
 
     kind: ClassVar[str]
+    chunks_documents: ClassVar[bool] = False  # cuts documents into chunks itself; a document scores as its best chunk
     engines: ClassVar[tuple[str, ...]] = ("local",)  # where `index` can run; retrievers with more take engine=
     index_options: ClassVar[tuple[str, ...]] = ()  # keyword options their `_index` takes (shards, workers, ...)
     RAY_OPTIONS = ("workers", "ray_address")  # index options that only mean something with engine="ray"

@@ -208,6 +208,7 @@ class ChunkedRetriever(Retriever):
     """
 
     kind = "chunked"
+    chunks_documents = True
 
     def __init__(
         self,

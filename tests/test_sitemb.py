@@ -193,8 +193,8 @@ def test_long_document_tasks_score_a_situated_row_once_on_its_own_chunks(tiny_mo
     from conftest import write_beir
 
     from eval.loco import evaluate_long
-    from retrieval.data import Dataset
     from eval.suite import run_suite
+    from retrieval.data import Dataset
     from retrieval.spec import parse_spec
 
     root = tmp_path / "data"

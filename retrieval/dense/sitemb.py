@@ -321,6 +321,7 @@ class SituatedRetriever(Retriever):
     """
 
     kind = "situated"
+    chunks_documents = True
 
     def __init__(self, model: str = "minilm", baseline: str | None = "minilm", residual_factor: float | None = None,
                  unit: str = "sentences", window: int = 1, stride: int | None = None, context_tokens: int = 128,
