@@ -382,7 +382,8 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
     write each as it finishes. Cells live in the board's `cells:` folder, or OUT/cells when it has none or
     when not `cached` (a check never rewrites the committed cells). With `only`, rows not named there are
     read from the cache, never computed; with `only_tasks` (task names or keys, e.g. "squad-pages@200"),
-    the same for the other tasks, so one row's long cells can be filled one session at a time."""
+    the same for the other tasks, so one row's long cells can be filled one session at a time. A check
+    limited so (not `cached`) reads the cells it does not compute from the board's `cells:` folder."""
     from eval.suite import TASKS, Skip, SuiteRun, retrieval_task
     from retrieval.data import shared_data
 
@@ -402,8 +403,11 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
             path = _cell_path(store, row, task)
             cell = _read_cell(path, key)
             cell = cell if cached else None
-            if cell is None and ((only is not None and row.name not in only)
-                                 or (only_tasks is not None and not {task.name, task.key} & only_tasks)):
+            out_of_scope = ((only is not None and row.name not in only)
+                            or (only_tasks is not None and not {task.name, task.key} & only_tasks))
+            if cell is None and out_of_scope and not cached and board.cells:
+                cell = _read_cell(_cell_path(board.cells, row, task), key)  # a limited check: the rest as stored
+            if cell is None and out_of_scope:
                 missing.append({"row": row.name, "task": task.key, "reason": "not computed yet"})
                 continue
             if cell is None and not train and row.recipe and not recipe_is_current(row):

@@ -295,8 +295,8 @@ def evaluate_long(
         raise ValueError(f"long_doc={mode!r} with a {retriever.kind} retriever: chunk needs a retriever that chunks "
                          "documents itself (chunked:inner=dense,window=200,stride=100, or situated), and such a one "
                          "is always 'chunk'")
-    if retriever.kind == "situated" and retriever.config["returns"] != "documents":
-        raise ValueError("a situated retriever on document-level qrels needs returns=documents")
+    if retriever.config.get("returns", "documents") != "documents":  # situated can return its chunks instead
+        raise ValueError(f"a {retriever.kind} retriever on document-level qrels needs returns=documents")
     if mode == "truncate":
         dataset, info = _truncate(retriever, dataset, max_words)
     elif mode == "full":

@@ -99,12 +99,14 @@ def _costs(results: list[Result], row: str, profile: dict) -> dict:
 
 
 COST_COLUMNS = (("latency_ms", "latency ms", "{:.1f}"), ("index_mb", "index MB", "{:.1f}"), ("build_s", "build s", "{:.0f}"),
-                ("parameters", "parameters (M)", "{:.1f}"), ("dims", "dims", "{}"), ("docs_per_s", "docs/s indexed", "{:.0f}"))
+                ("parameters", "parameters (M)", "{:.1f}"), ("dims", "dims", "{}"), ("docs_per_s", "docs/s indexed", "rate"))
 
 
 def _fmt(value, pattern: str = "{:.4f}") -> str:
     if value is None:
         return "–"
+    if pattern == "rate":  # whole numbers, but two significant digits below 10 (SitEmb indexes 0.033 meetings/s)
+        pattern = "{:.0f}" if value >= 10 else "{:.2g}"
     return pattern.format(value)
 
 

@@ -152,6 +152,19 @@ def test_rows_limited_to_some_tasks_and_runs_limited_to_some_rows(tmp_path):
     assert run_board(board, out, root, only_tasks={"scifact"}).computed == 1  # the rest came from the cache
 
 
+def test_a_check_limited_to_some_tasks_checks_the_other_expectations_on_the_stored_cells(tmp_path):
+    root = data_root(tmp_path)
+    board = read_board(board_file(tmp_path, f"cells: {tmp_path / 'store'}\n" + BOARD))
+    assert run_board(board, tmp_path / "out", root).computed == 6  # the committed store, filled
+    # `leaderboard check --task limit@50`: recomputes that task only, into OUT/cells
+    checked = run_board(board, tmp_path / "check", root, cached=False, only_tasks={"limit@50"})
+    assert checked.computed == 2 and (tmp_path / "check" / "cells" / "BM25" / "limit_50.json").is_file()
+    assert ("BM25", "scifact") in {(r.label, r.column) for r in checked.results}  # read from the store
+    assert check_board(board, checked) == []  # not "expected 1.0, not computed"
+    board.rows[0].expect["scifact"]["ndcg@10"] = 0.9
+    assert check_board(board, checked) == ["BM25 / scifact / ndcg@10: 1.0000, expected 0.9 ± 0.001"]
+
+
 def test_a_row_whose_tasks_keep_no_index_still_names_its_size(tmp_path):
     """QMSum builds its retrievers inside the task: the row's profile (parameters, dims) comes from its model."""
     root, out = data_root(tmp_path), tmp_path / "out"

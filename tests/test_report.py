@@ -55,6 +55,9 @@ def test_markdown_summary_and_detail_tables():
     assert "| retriever | scifact ndcg@10 * | scifact recall@100 |" in text  # every metric, main one first
     assert "| bm25 | **0.6790** | **0.9000** |" in text
     assert "- slow-and-bad × limit: no encoder" in text
+    slow = _result("situated", "scifact", 0.4, 66.0)
+    slow.build_seconds = 30_000.0  # 1,000 documents in 30,000 s: a rate below one shows its digits, not 0
+    assert "| 66.0 | 2.0 | 30000 | 0.033 |" in markdown_report(build_board(RESULTS + [slow]))
 
 
 def test_pareto_front_keeps_points_no_other_beats_on_both_axes():
