@@ -70,6 +70,9 @@ def test_batched_tokens_equal_one_call_per_text(family_model):
     _, _, km = family_model
     texts = ["Vitamin C cures scurvy.", "  padded  text ", "", "naïve café — 3.5% of 1,000"]
     assert km.tokens_batch(texts) == [km.tokens(t) for t in texts]
+    long = " ".join(["scurvy sailors"] * 100)
+    km.tokenizer([long], truncation=True, max_length=8, padding="max_length")  # a caller that cuts and pads
+    assert km.tokens_batch([long, "short"]) == [km.tokens(long), km.tokens("short")]  # corpus text is never cut
 
 
 def test_the_layout_puts_the_truncated_query_in_its_template(family_model):

@@ -294,6 +294,12 @@ class KeyModel:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is None:  # a slow (Python) tokenizer
             return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        # the backend keeps the truncation and padding of the tokenizer's last call (or of tokenizer.json:
+        # MiniLM's pads and cuts at 128); corpus text is never cut or padded, whoever called before
+        if backend.truncation is not None:
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 
