@@ -383,7 +383,7 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
     when not `cached` (a check never rewrites the committed cells). With `only`, rows not named there are
     read from the cache, never computed; with `only_tasks` (task names or keys, e.g. "squad-pages@200"),
     the same for the other tasks, so one row's long cells can be filled one session at a time. A check
-    limited so (not `cached`) reads the cells it does not compute from the board's `cells:` folder."""
+    limited so (not `cached`) reads the cells it does not compute where `run` keeps them."""
     from eval.suite import TASKS, Skip, SuiteRun, retrieval_task
     from retrieval.data import shared_data
 
@@ -405,8 +405,8 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
             cell = cell if cached else None
             out_of_scope = ((only is not None and row.name not in only)
                             or (only_tasks is not None and not {task.name, task.key} & only_tasks))
-            if cell is None and out_of_scope and not cached and board.cells:
-                cell = _read_cell(_cell_path(board.cells, row, task), key)  # a limited check: the rest as stored
+            if cell is None and out_of_scope and not cached:  # a limited check: the rest as `run` stored them
+                cell = _read_cell(_cell_path(board.cells or Path(out) / "cells", row, task), key)
             if cell is None and out_of_scope:
                 missing.append({"row": row.name, "task": task.key, "reason": "not computed yet"})
                 continue

@@ -163,6 +163,11 @@ def test_a_check_limited_to_some_tasks_checks_the_other_expectations_on_the_stor
     assert check_board(board, checked) == []  # not "expected 1.0, not computed"
     board.rows[0].expect["scifact"]["ndcg@10"] = 0.9
     assert check_board(board, checked) == ["BM25 / scifact / ndcg@10: 1.0000, expected 0.9 ± 0.001"]
+    # a board without a cells: folder keeps them in OUT/cells, for `run` and `check` with the same --out
+    plain = read_board(board_file(tmp_path))
+    assert run_board(plain, tmp_path / "plain", root).computed == 6
+    checked = run_board(plain, tmp_path / "plain", root, cached=False, only={"BM25 k1=0.5"})
+    assert checked.computed == 3 and check_board(plain, checked) == []  # that row's three cells only
 
 
 def test_a_row_whose_tasks_keep_no_index_still_names_its_size(tmp_path):
