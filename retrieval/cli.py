@@ -231,7 +231,7 @@ def cmd_leaderboard(args) -> None:
             print(f"FAIL {line}", file=sys.stderr)
         if failures:
             raise SpecError(f"{args.board}: {len(failures)} expected score(s) not reproduced (listed above)")
-        scope = " (the cells outside --row/--task as stored in its cells: folder)" if only or only_tasks else ""
+        scope = " (the cells outside --row/--task as stored)" if only or only_tasks else ""
         print(f"{args.board}: every expected score reproduced{scope}")
 
 
