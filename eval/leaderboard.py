@@ -282,6 +282,7 @@ class Filled:
     missing: list[dict]
     profiles: dict[str, dict]
     computed: int  # cells computed in this run (the rest came from the cache)
+    seconds: float = 0.0  # what its cells cost when they were computed (their recorded `seconds`): the board's cost
 
 
 def _cell_path(store: Path, row: Row, task: Task) -> Path:
@@ -389,7 +390,7 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
 
     root = Path(data_root) if data_root else shared_data()
     store = board.cells if board.cells and cached else Path(out) / "cells"
-    results, missing, profiles, computed = [], [], {}, 0
+    results, missing, profiles, computed, seconds = [], [], {}, 0, 0.0
     for row in board.rows:
         ctx = None
         profile_path = _cell_path(store, row, Task("profile"))
@@ -440,6 +441,7 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
                 computed += 1
                 print(f"[{row.name}] {task.key}: {cell.get('skipped') or f'{len(new)} result(s)'} "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
+            seconds += cell.get("seconds", 0.0)
             if "skipped" in cell:
                 missing.append({"row": row.name, "task": task.key, "reason": cell["skipped"]})
             else:
@@ -454,7 +456,7 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
             atomic_write(profile_path, json.dumps(profiles[row.name], indent=2) + "\n")
         elif stored:
             profiles[row.name] = stored
-    return Filled(results, missing, profiles, computed)
+    return Filled(results, missing, profiles, computed, seconds)
 
 
 def check_board(board: Board, filled: Filled) -> list[str]:

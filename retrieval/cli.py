@@ -219,7 +219,8 @@ def cmd_leaderboard(args) -> None:
         only = set()
     filled = run_board(board, args.out, args.data_root, train=not args.no_train and args.action != "report",
                        cached=args.action != "check", only=only, only_tasks=only_tasks)
-    print(f"{filled.computed} cell(s) computed, {len(filled.results)} result(s), {len(filled.missing)} cell(s) empty")
+    print(f"{filled.computed} cell(s) computed, {len(filled.results)} result(s), {len(filled.missing)} cell(s) empty; "
+          f"the cells took {filled.seconds / 3600:.1f} h to compute")
     if filled.results:
         page = write_report(filled.results, Path(args.out) / "report", title=board.title, missing=filled.missing,
                             profiles=filled.profiles)

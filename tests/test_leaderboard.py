@@ -48,6 +48,7 @@ def test_board_fills_every_cell_keeps_empty_ones_with_reasons_and_reuses_the_cac
 
     again = run_board(board, out, root)  # nothing changed: every cell from the cache
     assert again.computed == 0 and again.results == filled.results and again.missing == filled.missing
+    assert filled.seconds > 0 and again.seconds == filled.seconds  # the cost as the cells recorded it
 
     board.rows[0].expect["scifact"]["ndcg@10"] = 0.9  # a wrong expectation fails the check, naming the cell
     assert check_board(board, again) == ["BM25 / scifact / ndcg@10: 1.0000, expected 0.9 ± 0.001"]
