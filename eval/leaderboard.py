@@ -446,11 +446,8 @@ def run_board(board: Board, out: str | Path, data_root: str | Path | None = None
                 missing.append({"row": row.name, "task": task.key, "reason": cell["skipped"]})
             else:
                 results += [Result.from_json(r, path) for r in cell["results"]]
-        built = next(iter(ctx.built.values()), None) if ctx else None
-        if built is None and ctx is not None:  # its tasks ran but kept no index (QMSum): the model alone
-            from retrieval.spec import parse_spec
-
-            built = parse_spec(row.retriever)
+        # its index from a retrieval task, else (QMSum keeps none) the retriever its last task used
+        built = (next(iter(ctx.built.values()), None) or ctx.last) if ctx else None
         if built is not None:
             profiles[row.name] = {**_profile(built), "spec": row.retriever}
             atomic_write(profile_path, json.dumps(profiles[row.name], indent=2) + "\n")

@@ -34,10 +34,12 @@ class SuiteRun:
     root: Path
     built: dict[str, Retriever] = field(default_factory=dict)
     sample: int | None = None  # score a seeded sample of this many queries per retrieval data set (all: None)
+    last: Retriever | None = None  # the retriever a task asked for last (a leaderboard row's profile reads it)
 
     def retriever(self, data: str | None = None) -> Retriever:
         """The retriever indexed on `data` earlier in this run, else a new one from the spec."""
-        return self.built.get(data) or parse_spec(self.spec)
+        self.last = self.built.get(data) or parse_spec(self.spec)
+        return self.last
 
     def encoder(self, why: str):
         """The retriever's sentence encoder; a retriever without one skips the task (`why` says for what)."""

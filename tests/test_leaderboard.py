@@ -130,7 +130,7 @@ def test_the_committed_store_reproduces_every_expected_score_of_the_default_boar
     board = read_board(REPO / "eval" / "leaderboards" / "default.yaml")
     filled = run_board(board, tmp_path, only=set())  # nothing computed: the committed cells only
     stale = [(m["row"], m["task"]) for m in filled.missing if m["reason"] == "not computed yet"]
-    if stale and len(stale) == sum(1 for row in board.rows for t in board.tasks if row.tasks is None or t.name in row.tasks):
+    if not filled.results:
         pytest.skip("the shared data differ from those the store was computed on (no cell key matches)")
     assert filled.computed == 0 and stale == []
     assert len(filled.profiles) == len(board.rows)  # every row names its size
