@@ -13,12 +13,14 @@ contain it.
 The suffix array comes from pydivsufsort and rank / distinct-values-in-range queries from a wavelet
 matrix (the `wavelet-matrix` package) over the BWT. Saved folders keep every array as .npy, loaded
 memory-mapped; the wavelet matrix is rebuilt from the memory-mapped BWT at load (it cannot be
-serialised), which takes about a third of a second per million tokens. A memory-mapped load asks the
+serialised), which takes about a third of a second per million tokens. An index just built makes it at
+its first query, so building and saving an index never pays for it. A memory-mapped load asks the
 package for its `on_disk` layout (bit vectors in unlinked temporary files, mapped), so the whole index
 is file-backed pages the kernel may drop under memory pressure, none of it anonymous memory.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from indexes.manifest import IndexLoadError, open_index, write_index_dir
 
 SENTINEL, SEPARATOR, SHIFT = 0, 1, 2
+_WAVELET_BUILD = threading.Lock()
 KIND = "fmindex"
 
 
@@ -43,9 +46,9 @@ class FMIndex:
     BOUNDARY = -1  # a pattern's first element may be BOUNDARY: "at the start of a document"
 
     def __init__(self, tokens: np.ndarray, doc_starts: np.ndarray, suffix_array: np.ndarray, bwt: np.ndarray,
-                 *, wavelet_on_disk: bool = False):
-        from wavelet_matrix import WaveletMatrix
-
+                 *, wavelet_on_disk: bool = False, lazy: bool = False):
+        """lazy: build the wavelet matrix at the first query instead of now (`build` does: an index that is
+        built and saved never queries it, and a saved index rebuilds it at load)."""
         self.tokens = tokens  # forward stream: documents back to back, no separators (int32)
         self.doc_starts = doc_starts  # n_docs + 1 offsets into `tokens`
         self.suffix_array = suffix_array  # over the reversed internal text
@@ -54,14 +57,29 @@ class FMIndex:
         self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # C[c]: rows before symbol c
         self._alphabet = len(counts)
         self.wavelet_on_disk = wavelet_on_disk  # its temporary files go where $TMPDIR says
-        self._wm = WaveletMatrix(np.asarray(bwt), on_disk=wavelet_on_disk)
+        self._wavelet = None
+        if not lazy:
+            self._build_wavelet()
+
+    def _build_wavelet(self):
+        from wavelet_matrix import WaveletMatrix
+
+        with _WAVELET_BUILD:  # concurrent first queries (dengen serve) build it once
+            if self._wavelet is None:
+                self._wavelet = WaveletMatrix(np.asarray(self.bwt), on_disk=self.wavelet_on_disk)
+        return self._wavelet
+
+    @property
+    def _wm(self):
+        """The wavelet matrix over the BWT (rank and distinct-values-in-range queries)."""
+        return self._wavelet if self._wavelet is not None else self._build_wavelet()
 
     # ---- construction -------------------------------------------------------------------------------
 
     @classmethod
     def build(cls, docs: Iterable[Sequence[int]], *, progress: bool = False) -> "FMIndex":
         """Index `docs`, each a sequence of non-negative token ids."""
-        return cls(*cls.build_arrays(docs, progress=progress))
+        return cls(*cls.build_arrays(docs, progress=progress), lazy=True)
 
     @staticmethod
     def build_arrays(docs: Iterable[Sequence[int]], *, progress: bool = False) -> tuple[np.ndarray, ...]:

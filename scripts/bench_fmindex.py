@@ -7,9 +7,14 @@ Two corpora of MiniLM token ids:
       i.i.d. from SciFact's token stream (its unigram distribution), seeded. It has SciFact's vocabulary
       and token frequencies but no phrase structure, so long n-grams are mostly unique.
 
-SciFact also from its text: tokenising timed two ways (the transformers call, `encode_batch_fast` as SEAL's
-indexing does), interleaved, and the all-in rate (faster tokenising + build).
-Per corpus: build seconds and tokens/s, peak RSS added by building, bytes on disk and per token, load
+SciFact also from its text: tokenising timed two ways (the transformers call, `encode_batch_fast`),
+interleaved, and the all-in rate (faster tokenising + build). And SciFact as SEAL indexes it (`--seal`, on by
+default): title + eos + text of every document with the default key model's tokenizer (SmolLM2's byte-level
+BPE), through `SEALRetriever.doc_streams`, timed with the tiktoken twin (`KeyModel.tokens_batch`) and with
+the Hugging Face tokenizer, interleaved; then `FMIndex.build`, the wavelet matrix (built at the first query)
+and the save, each timed, and the all-in rates from text.
+Per corpus: build seconds and tokens/s (the saved arrays; the wavelet matrix, made at the first query, timed
+apart), peak RSS added by building, bytes on disk and per token, load
 seconds (memory-map + wavelet-matrix rebuild, and the manifest checksum pass separately), and the latency
 of count(), next_tokens() and locate(limit=100) for n-grams of 1, 2, 4 and 8 tokens sampled from the corpus
 (so every query occurs at least once). Baseline in the same run: count() by naive numpy scanning of the
@@ -42,8 +47,8 @@ from retrieval.data import load_corpus, shared_data
 
 NGRAM_LENGTHS = (1, 2, 4, 8)
 LOCATE_LIMIT = 100
-SEAL_CHUNK = 1024  # documents per tokenizer call, as `SealRetriever.doc_streams` tokenises them
-PACKAGES = ("numpy", "pydivsufsort", "wavelet-matrix", "transformers", "tokenizers", "dengen")
+SEAL_CHUNK = 1024  # documents per tokenizer call, as `SEALRetriever.doc_streams` tokenises them
+PACKAGES = ("numpy", "pydivsufsort", "wavelet-matrix", "transformers", "tokenizers", "tiktoken", "dengen")
 
 
 # ---------------------------------------------------------------- machine, memory and timing helpers
@@ -170,6 +175,53 @@ def naive_counter(docs: list[np.ndarray]) -> Callable[[list[int]], int]:
     return count
 
 
+def seal_scifact(data: Path, workdir: Path, rounds: int = 3) -> dict:
+    """SciFact as `SEALRetriever` indexes it with its default key model: `doc_streams` (title + eos + text,
+    1,024 documents a tokenizer call) timed with the tiktoken twin and with the Hugging Face tokenizer,
+    interleaved `rounds` times (best kept; the ids must be equal), then build, wavelet matrix and save."""
+    from retrieval.generative.seal import SEALRetriever
+
+    corpus = load_corpus(data)
+    seal = SEALRetriever()
+    seal.decide_titles(corpus)
+    km = seal.keymodel
+    km.tokens_batch(["warm up"])  # finds the tiktoken twin (timed below)
+    twin = km._tiktoken
+    if not twin:
+        raise SystemExit(f"{km.base}: its tokenizer has no tiktoken twin; nothing to compare")
+    _, twin_setup_s = timed(lambda: type(twin).for_tokenizer(km.tokenizer.backend_tokenizer))
+    times = {"huggingface": [], "tiktoken": []}
+    for _ in range(rounds):
+        km._tiktoken = False
+        slow, seconds = timed(lambda: list(seal.doc_streams(corpus)))
+        times["huggingface"].append(seconds)
+        km._tiktoken = twin
+        docs, seconds = timed(lambda: list(seal.doc_streams(corpus)))
+        times["tiktoken"].append(seconds)
+        if docs != slow:
+            raise AssertionError("tiktoken and the Hugging Face tokenizer give SEAL different token streams")
+    fm, build_s = timed(lambda: FMIndex.build(docs))
+    _, wavelet_s = timed(lambda: fm._wm)
+    _, save_s = timed(lambda: fm.save(workdir / "seal-scifact", corpus="scifact (SEAL streams)"))
+    n = fm.n_tokens
+    tokenize_s, hf_s = min(times["tiktoken"]), min(times["huggingface"])
+    rate = lambda *seconds: n / sum(seconds)
+    return {
+        "name": "scifact-seal", "source": str(data), "key_model": km.base, "docs": len(corpus), "tokens": n,
+        "text": "SEALRetriever.doc_streams: title + [eos] + text per document (titles: auto), 1,024 documents a tokenizer call",
+        "tokenize_rounds_s": times, "tokenize_huggingface_s": hf_s, "tokenize_tiktoken_s": tokenize_s,
+        "tiktoken_setup_s": twin_setup_s, "build_s": build_s, "wavelet_s": wavelet_s, "save_s": save_s,
+        "tokens_per_s": {
+            "tokenize_huggingface": rate(hf_s), "tokenize_tiktoken": rate(tokenize_s), "build": rate(build_s),
+            "all_in": rate(tokenize_s, build_s), "all_in_saved": rate(tokenize_s, build_s, save_s),
+            "all_in_queryable": rate(tokenize_s, build_s, wavelet_s),
+            "all_in_huggingface": rate(hf_s, build_s),
+        },
+        "all_in_measures": "all_in: tokenising (tiktoken) + FMIndex.build; _saved adds the save, _queryable the wavelet "
+                           "matrix instead; _huggingface: the Hugging Face tokenizer + build",
+    }
+
+
 # ---------------------------------------------------------------- one corpus
 
 
@@ -177,6 +229,7 @@ def bench_corpus(docs: list[np.ndarray], info: dict, args: argparse.Namespace, w
     n_tokens = int(sum(d.size for d in docs))
     print(f"\n{info['name']}: {len(docs)} docs, {n_tokens} tokens; building ...", flush=True)
     fm, build_s, build_rss, rss_method = peak_rss_delta(lambda: FMIndex.build(docs))
+    _, wavelet_s = timed(lambda: fm._wm)  # what the first query of a just-built index waits for
     folder = workdir / info["name"]
     _, save_s = timed(lambda: fm.save(folder, corpus=info["name"]))
     disk = folder_bytes(folder)
@@ -223,6 +276,9 @@ def bench_corpus(docs: list[np.ndarray], info: dict, args: argparse.Namespace, w
         "tokens": n_tokens,
         "build_s": build_s,
         "build_tokens_per_s": n_tokens / build_s,
+        "build_measures": "FMIndex.build: token arrays, suffix array, BWT (what a saved index holds)",
+        "wavelet_s": wavelet_s,
+        "wavelet_measures": "the wavelet matrix over the BWT, built at the first query of a just-built index (and at load)",
         "build_peak_rss_delta_bytes": build_rss,
         "build_peak_rss_method": rss_method,
         "save_s": save_s,
@@ -240,14 +296,21 @@ def print_summary(result: dict) -> None:
     m = result["machine"]
     print(f"\n{m['cpu_count']} CPUs ({m['cpu_model']}); load average {m['load_avg_1m_start']:.2f} -> {m['load_avg_1m_end']:.2f}")
     print("\nbuild / size / load")
-    header = ["corpus", "docs", "tokens", "build s", "Mtok/s", "peak RSS MiB", "disk MiB", "B/token", "load s", "verify s"]
+    header = ["corpus", "docs", "tokens", "build s", "Mtok/s", "wavelet s", "peak RSS MiB", "disk MiB", "B/token", "load s", "verify s"]
     cells = [header]
     for c in result["corpora"]:
         rss = c["build_peak_rss_delta_bytes"]
-        cells.append([c["name"], str(c["docs"]), str(c["tokens"]), f"{c['build_s']:.2f}", f"{c['build_tokens_per_s'] / 1e6:.2f}",
+        cells.append([c["name"], str(c["docs"]), str(c["tokens"]), f"{c['build_s']:.2f}", f"{c['build_tokens_per_s'] / 1e6:.2f}", f"{c['wavelet_s']:.2f}",
                       f"{rss / 2**20:.0f}" if rss is not None else "-", f"{c['disk_bytes'] / 2**20:.1f}",
                       f"{c['disk_bytes_per_token']:.2f}", f"{c['load_s']:.2f}", f"{c['verify_checksums_s']:.2f}"])
     print_cells(cells)
+    if "seal_scifact" in result:
+        c = result["seal_scifact"]
+        r = {k: f"{v / 1e6:.2f}" for k, v in c["tokens_per_s"].items()}
+        print(f"\nSciFact as SEAL indexes it ({c['key_model']}, {c['tokens']} tokens), Mtok/s: tokenising "
+              f"{r['tokenize_huggingface']} (Hugging Face) / {r['tokenize_tiktoken']} (tiktoken), build {r['build']}; all-in "
+              f"{r['all_in']} (saved {r['all_in_saved']}, queryable {r['all_in_queryable']}; with Hugging Face {r['all_in_huggingface']}); "
+              f"wavelet matrix {c['wavelet_s']:.2f} s, save {c['save_s']:.2f} s")
     for c in result["corpora"]:
         if "all_in_tokens_per_s" in c:
             print(f"\n{c['name']} from text: tokenising {c['tokenize_tokens_per_s'] / 1e6:.2f} Mtok/s (transformers call), "
@@ -274,6 +337,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=shared_data("scifact"), help="BEIR corpus folder (default: %(default)s)")
     parser.add_argument("--tokens", type=int, default=10_000_000, metavar="N", help="tokens in the synthetic corpus (default: %(default)s)")
     parser.add_argument("--skip-10m", action="store_true", help="benchmark SciFact only, no synthetic corpus")
+    parser.add_argument("--no-seal", dest="seal", action="store_false", help="skip SciFact as SEAL indexes it (SmolLM2's tokenizer)")
     parser.add_argument("--queries", type=int, default=2000, help="n-grams timed per length (default: %(default)s)")
     parser.add_argument("--naive-queries", type=int, default=50, help="of those, timed by the scanning baseline too (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus and the query sample (default: %(default)s)")
@@ -295,6 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     workdir = Path(tempfile.mkdtemp(prefix="bench-fmindex-", dir=args.workdir))
     try:
+        if args.seal:
+            print("SciFact as SEAL indexes it ...", flush=True)
+            result["seal_scifact"] = seal_scifact(args.data, workdir)
         print("tokenizing SciFact ...", flush=True)
         docs, info = scifact_token_docs(args.data)
         result["corpora"].append(bench_corpus(docs, info, args, workdir))

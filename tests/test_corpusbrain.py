@@ -183,6 +183,25 @@ def test_an_added_key_at_its_default_keeps_saved_models_reusable():
     assert signature(config, "pretrained") == before
     assert signature({**config, "iss_per_doc": 100}, "pretrained") != before
     assert signature({**config, "iss_per_doc": 100}, "finetuned") != signature(config, "finetuned")
+    finetuned = config_signature(config, STAGE_KEYS["pretrained"] + STAGE_KEYS["finetuned"])
+    assert signature(config, "finetuned") == finetuned  # finetune_replay at 0 leaves saved models reusable
+    replaying = {**config, "finetune_replay": 0.5}
+    assert signature(replaying, "finetuned") != finetuned and signature(replaying, "pretrained") == before  # one stage's key
+
+
+def test_replay_mixes_a_seeded_share_of_the_pretraining_examples_into_fine_tuning(tmp_path):
+    from training.corpusbrain import main, replay_examples
+    from training.corpusbrain_data import Example
+
+    examples = [Example(f"sentence {i}", f"Page {i % 3}", "ISS") for i in range(10)]
+    picked = replay_examples(examples, 0.5, seed=0)
+    assert len(picked) == 5 and len(set(picked)) == 5 and set(picked) <= {(e.source, e.target) for e in examples}
+    assert picked == replay_examples(examples, 0.5, seed=0) and replay_examples(examples, 0.0, seed=0) == []
+    assert len(replay_examples(examples, 1.0, seed=1)) == 10
+    config = tmp_path / "cb.yaml"
+    config.write_text(f"finetune_replay: 1.5\nout: {tmp_path / 'out'}\n")
+    with pytest.raises(SystemExit, match=r"cb.yaml: finetune_replay must be a number in \[0, 1\]"):
+        main(["--config", str(config)])
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "training" / "configs").glob("corpusbrain-*.yaml")))

@@ -227,6 +227,24 @@ def test_save_then_load_memory_mapped_gives_the_same_answers(tmp_path):
     assert loaded.nbytes() == fm.nbytes()
 
 
+def test_a_built_index_makes_its_wavelet_matrix_at_the_first_query_and_a_loaded_one_at_load(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, 40, size=int(rng.integers(0, 60))).tolist() for _ in range(80)]
+    fm = FMIndex.build(docs)
+    assert fm._wavelet is None  # building and saving never need it
+    fm.save(tmp_path / "fm")
+    assert fm._wavelet is None
+    patterns = [docs[i][j : j + 2] for i in range(0, 80, 4) for j in range(0, 4) if len(docs[i]) > j + 1]
+    with ThreadPoolExecutor(8) as pool:  # first queries from many threads at once: one matrix, right answers
+        counts = list(pool.map(fm.count, patterns))
+    assert counts == [len(naive_locate(docs, p)) for p in patterns]
+    assert fm._wavelet is not None
+    loaded = FMIndex.load(tmp_path / "fm")
+    assert loaded._wavelet is not None and [loaded.count(p) for p in patterns] == counts
+
+
 def test_memory_mapped_load_keeps_the_wavelet_matrix_out_of_anonymous_memory(tmp_path):
     """A memory-mapped load asks wavelet-matrix for its on-disk layout: the rank structure then lives in
     file-backed pages the kernel can drop, so anonymous memory (RssAnon) barely grows, while an in-memory

@@ -39,6 +39,7 @@ DEFAULTS = {
     "pretrain_epochs": 10,
     "finetune_fraction": 0.5,  # share of the queries that fine-tunes (0: pre-training only, all queries test)
     "finetune_epochs": 1,
+    "finetune_replay": 0.0,  # share of the pre-training examples mixed into fine-tuning (seeded), so it does not forget the pages
     "batch_size": 16,
     "lr": 1e-4,
     "warmup": 0.05,
@@ -64,7 +65,8 @@ STAGE_KEYS = {  # the config keys each stage's model depends on (a saved model w
                    "pretrain_epochs", "batch_size", "lr", "warmup", "max_steps", "max_target_tokens", "seed"],
     "finetuned": ["split", "finetune_fraction", "finetune_epochs"],
 }
-ADDED_KEYS = ["iss_per_doc", "label_smoothing"]  # pre-training keys added after models were saved (config_signature's `added`)
+ADDED_KEYS = {"pretrained": ["iss_per_doc", "label_smoothing"],  # keys added after models were saved (config_signature's `added`)
+              "finetuned": ["finetune_replay"]}
 
 
 def load_data(config: dict):
@@ -87,8 +89,9 @@ def load_data(config: dict):
 
 
 def signature(config: dict, stage: str) -> str:
-    keys = STAGE_KEYS["pretrained"] + (STAGE_KEYS["finetuned"] if stage == "finetuned" else [])
-    return config_signature(config, keys, added={k: DEFAULTS[k] for k in ADDED_KEYS})
+    stages = ["pretrained"] + (["finetuned"] if stage == "finetuned" else [])
+    keys = [k for s in stages for k in STAGE_KEYS[s]]
+    return config_signature(config, keys, added={k: DEFAULTS[k] for s in stages for k in ADDED_KEYS[s]})
 
 
 def train_stage(folder: Path, stage: str, config: dict, start, examples: list[tuple[str, str]], epochs: int) -> dict:
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = read_recipe(args.config, DEFAULTS)
     if not isinstance(config["label_smoothing"], (int, float)) or not 0 <= config["label_smoothing"] < 1:
         raise SystemExit(f"{args.config}: label_smoothing must be a number in [0, 1), got {config['label_smoothing']!r}")
+    if not isinstance(config["finetune_replay"], (int, float)) or not 0 <= config["finetune_replay"] <= 1:
+        raise SystemExit(f"{args.config}: finetune_replay must be a number in [0, 1], got {config['finetune_replay']!r}")
     config["test_split"] = config["split"]  # the records' split
     out = Path(config["out"])
     if args.records:
@@ -186,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     if train_queries:
         pairs = [(text, identifiers[doc]) for q, text in train_queries.items()
                  for doc, grade in sorted(dataset.qrels[q].items()) if grade > 0]
+        replay = replay_examples(pretraining.examples, config["finetune_replay"], config["seed"])
+        info["finetune_replay_examples"] = len(replay)
+        pairs += replay
         info["finetuned"] = train_stage(out / "finetuned", "finetuned", config, lambda: KeyModel.load(out / "pretrained", trainable=True),
                                         pairs, config["finetune_epochs"])
         info["finetune_queries"] = len(train_queries)
@@ -198,6 +206,12 @@ def main(argv: list[str] | None = None) -> dict:
     write_records(report, "corpusbrain")
     print_table(report)
     return report
+
+
+def replay_examples(examples: list, share: float, seed: int) -> list[tuple[str, str]]:
+    """A seeded `share` of the pre-training examples, as (source, target), to train beside the queries."""
+    picked = random.Random(seed).sample(examples, round(share * len(examples)))
+    return [(e.source, e.target) for e in picked]
 
 
 def _identifier_texts(corpus, identifier: str) -> list[str]:

@@ -108,6 +108,7 @@ class KeyModel:
         self.specials = _special_tokens(tokenizer, self.causal)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.lora: dict | None = None  # LoRA settings once adapters are added (add_lora)
+        self._tiktoken = None  # tokens_batch's tiktoken twin of the tokenizer (False: none), found at first use
         # whether the weights are this key model's own (bert2bert's fresh cross-attention, or trained fully:
         # the trainer sets it) or still its base's, which a save names instead of copying
         self.owns_weights = base == "bert2bert"
@@ -300,6 +301,12 @@ class KeyModel:
             backend.no_truncation()
         if backend.padding is not None:
             backend.no_padding()
+        if self._tiktoken is None:  # found out once per key model: tiktoken runs byte-level BPE faster, same ids
+            from retrieval.generative.tiktoken_bpe import TiktokenBPE
+
+            self._tiktoken = TiktokenBPE.for_tokenizer(backend) or False
+        if self._tiktoken:
+            return self._tiktoken.encode_batch(texts)
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 

@@ -110,12 +110,11 @@ class SEALRetriever(GenerativeRetriever):
         km = self.keymodel
         docs = iter(tqdm(corpus, desc="SEAL tokenising", unit="doc", mininterval=1.0))
         while batch := list(islice(docs, chunk)):
-            bodies = km.tokens_batch([d.text for d in batch])
-            if self.uses_titles:
-                titles = km.tokens_batch([d.title for d in batch])
-                yield from (title + [km.eos_id] + body for title, body in zip(titles, bodies))
+            if self.uses_titles:  # titles and texts in one call
+                ids = km.tokens_batch([d.title for d in batch] + [d.text for d in batch])
+                yield from (title + [km.eos_id] + body for title, body in zip(ids[: len(batch)], ids[len(batch) :]))
             else:
-                yield from bodies
+                yield from km.tokens_batch([d.text for d in batch])
 
     def decide_titles(self, corpus: Corpus) -> None:
         """Store titles in the stream when configured, or ("auto") when the corpus has any."""
