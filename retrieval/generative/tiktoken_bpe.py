@@ -16,7 +16,7 @@ Rust BPE applies the same merges. The two agree on every text when
 Both are checked when the tokenizer is first used (0.3 s for SmolLM2's 49k tokens). Texts holding
 an added token (Hugging Face splits those out first) or a byte the vocabulary lacks (Hugging Face drops it,
 then may merge across the gap) go through Hugging Face. Equality on 602,025 texts of ../shared/data and
-random Unicode: tests/test_tiktoken_bpe.py and docs/fmindex.md.
+random Unicode: scripts/check_tiktoken_twin.py, tests/test_tiktoken_bpe.py, docs/fmindex.md.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class TiktokenBPE:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         # one thread per core, each over every k-th text (long and short texts spread evenly); tiktoken's own
-        # encode_ordinary_batch (a future per text) was slower than one thread on 2 cores (docs/fmindex.md)
+        # encode_ordinary_batch (a future per text) was erratic and slower (scripts/check_tiktoken_twin.py)
         k = max(1, min(self.threads, len(texts)))
         encode = self.encoding.encode_ordinary
         if k == 1:
