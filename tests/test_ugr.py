@@ -344,6 +344,8 @@ def test_a_shared_index_ranks_units_and_parents_as_their_own_indexes_would(share
     parents = ugr_over(list(joined.values()), granularity="document")
     assert shared_ugr.fm.tokens.tolist() == parents.fm.tokens.tolist()  # one index: the abstracts' text
     km = shared_ugr.keymodel
+    for unit, (_, title, text) in enumerate(SENTENCES):  # each unit: its parent's header (title, eos), then its own tokens
+        assert shared_ugr.view.doc_tokens(unit).tolist() == km.tokens(title) + [km.eos_id] + km.tokens(text)
     keys = {tuple(km.tokens("vitamin c")): -1.0, tuple(km.tokens("pancreas")): -2.0, tuple(km.tokens("blood sugar")): -0.5,
             (-1, *km.tokens("Insulin"), km.eos_id): -3.0}  # the last: a title key
     for query in QUERIES.values():

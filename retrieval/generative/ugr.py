@@ -115,17 +115,23 @@ class UGRRetriever(SEALRetriever):
         km = self.keymodel
         starts, ends, docs = [], [], []
 
-        def streams():
+        def streams(chunk: int = 1024):
             position = 0
-            for number, (_, members) in enumerate(tqdm(groups, desc="UGR tokenising", unit="parent", mininterval=1.0)):
-                stream = self.doc_stream(members[0].title, "")  # the header: title, eos (or nothing)
-                for unit in members:
-                    starts.append(position + len(stream))
-                    stream += km.tokens(unit.text)
-                    ends.append(position + len(stream))
-                    docs.append(number)
-                position += len(stream)
-                yield stream
+            bar = tqdm(total=len(groups), desc="UGR tokenising", unit="parent", mininterval=1.0)
+            for first in range(0, len(groups), chunk):  # the units of a chunk of parents in one tokenizer call
+                batch = groups[first : first + chunk]
+                units = iter(km.tokens_batch([unit.text for _, members in batch for unit in members]))
+                for number, (_, members) in enumerate(batch, start=first):
+                    stream = self.doc_stream(members[0].title, "")  # the header: title, eos (or nothing)
+                    for unit in members:
+                        starts.append(position + len(stream))
+                        stream += next(units)
+                        ends.append(position + len(stream))
+                        docs.append(number)
+                    position += len(stream)
+                    yield stream
+                bar.update(len(batch))
+            bar.close()
 
         self.fm = FMIndex.build(streams())
         self.view = FMUnits(self.fm, starts, ends, docs)
