@@ -161,6 +161,20 @@ def test_recipe_pretrains_finetunes_evaluates_and_reloads(tmp_path):
     assert json.loads((tmp_path / "out" / "verify.json").read_text())["identical"] is True
     assert len(list((tmp_path / "report").glob("squad-v1.1-dev-test-page-*.json"))) == 3
     assert (tmp_path / "out" / "kilt" / "gold.jsonl").is_file() and (tmp_path / "out" / "kilt" / "corpusbrain.jsonl").is_file()
+    # the same models (reused by their signatures), the pre-trained one not searched
+    config.write_text(config.read_text() + "evaluate_pretrained: false\n")
+    subprocess.run([sys.executable, "-m", "training.corpusbrain", "--config", str(config)], cwd=REPO, check=True)
+    assert [r["name"] for r in json.loads((tmp_path / "out" / "results.json").read_text())["rows"]] == ["corpusbrain", "bm25"]
+
+
+def test_a_bad_evaluate_pretrained_is_one_line_before_any_work(tmp_path):
+    from training.corpusbrain import main
+
+    config = tmp_path / "cb.yaml"
+    config.write_text(f"evaluate_pretrained: sometimes\nout: {tmp_path / 'out'}\n")
+    with pytest.raises(SystemExit, match=r"cb.yaml: evaluate_pretrained must be true or false, got 'sometimes'"):
+        main(["--config", str(config)])
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("value", ["1.0", "-0.1", "lots"])

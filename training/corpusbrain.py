@@ -51,6 +51,7 @@ DEFAULTS = {
     "device": "auto",
     "search": {},  # CorpusBrain search options (retrieval.generative.corpusbrain.SEARCH_DEFAULTS)
     "test_sample": None,  # evaluate on a seeded sample of this many test queries (null: all)
+    "evaluate_pretrained": True,  # search the test queries with the pre-trained model too (false: the fine-tuned one only)
     "baselines": ["bm25", "dense:model=minilm,index=Flat"],
     "kilt": True,  # write KILT-format predictions and score page-level R-precision
     "verify_queries": 64,
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{args.config}: label_smoothing must be a number in [0, 1), got {config['label_smoothing']!r}")
     if not isinstance(config["finetune_replay"], (int, float)) or not 0 <= config["finetune_replay"] <= 1:
         raise SystemExit(f"{args.config}: finetune_replay must be a number in [0, 1], got {config['finetune_replay']!r}")
+    if not isinstance(config["evaluate_pretrained"], bool):
+        raise SystemExit(f"{args.config}: evaluate_pretrained must be true or false, got {config['evaluate_pretrained']!r}")
     config["test_split"] = config["split"]  # the records' split
     out = Path(config["out"])
     if args.records:
@@ -198,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
                                         pairs, config["finetune_epochs"])
         info["finetune_queries"] = len(train_queries)
         stages.append("finetuned")
+    if not config["evaluate_pretrained"] and len(stages) > 1:
+        stages = stages[1:]  # a pre-trained model searched for nothing: a slow key model's test search saved
     rows = evaluate(out, dataset, test, config, stages)
     report = {"config": config, "training": info, "queries": len(test), "rows": rows,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
