@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from bench_common import write_json
+from corpusbrain_exact_check import first
 from retrieval import build_retriever
 from training import corpusbrain
 from training.keymodel_train import start_keymodel, train_keymodel
@@ -48,7 +49,7 @@ def main() -> None:
     random.Random(1).shuffle(ids)
     dev = {q: train[q] for q in ids[: args.dev]}
     titles = dict(zip(dataset.corpus.ids, corpusbrain._identifier_texts(dataset.corpus, config["identifier"])))
-    pairs = [(train[q], titles[doc]) for q in ids[args.dev :] for doc, grade in sorted(dataset.qrels[q].items()) if grade > 0]
+    pairs = corpusbrain.question_pairs(dataset, {q: train[q] for q in ids[args.dev :]}, titles)
     keymodel = start_keymodel(config, max_source_tokens=config["max_source_tokens"])
     info = train_keymodel(keymodel, pairs, config, desc="pilot")
     with tempfile.TemporaryDirectory() as folder:
@@ -59,10 +60,10 @@ def main() -> None:
         run = retriever.search(dev, k=10)
         seconds = time.perf_counter() - start
     relevant = {q: {doc for doc, grade in dataset.qrels[q].items() if grade > 0} for q in dev}
-    first = sum(bool(run.get(q)) and max(run[q], key=run[q].get) in relevant[q] for q in dev) / len(dev)
+    first_relevant = sum(first(run.get(q, {})) in relevant[q] for q in dev) / len(dev)
     result = {"config": args.config, "backbone": args.backbone, "layout": args.layout, "steps": args.steps, "lr": args.lr,
               "batch_size": args.batch_size, "train_pairs": len(pairs), "dev_questions": len(dev),
-              "dev_first_title_relevant": round(first, 4), "train": info, "search_ms_per_query": round(1000 * seconds / len(dev), 1)}
+              "dev_first_title_relevant": round(first_relevant, 4), "train": info, "search_ms_per_query": round(1000 * seconds / len(dev), 1)}
     print(json.dumps(result))
     if args.out:
         write_json(args.out, result)

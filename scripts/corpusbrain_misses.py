@@ -14,10 +14,11 @@ from pathlib import Path
 from retrieval import load_retriever
 from training.corpusbrain import DEFAULTS, load_data
 from training.generative_eval import load_run
+from corpusbrain_exact_check import first
 
 
-def first(run: dict) -> dict:
-    return {q: max(hits, key=hits.get) if hits else None for q, hits in run.items()}
+def firsts(run: dict) -> dict:
+    return {q: first(hits) for q, hits in run.items()}
 
 
 def main() -> None:
@@ -30,8 +31,8 @@ def main() -> None:
         parser.error(f"{args.a} and {args.b} were not tested on the same questions")
     dataset, _, test = load_data(configs[0])
     relevant = {q: {d for d, grade in dataset.qrels[q].items() if grade > 0} for q in test}
-    runs = {"a": first(load_run(args.a / "runs" / "corpusbrain.json")), "b": first(load_run(args.b / "runs" / "corpusbrain.json")),
-            "bm25": first(load_retriever(args.a / "baselines" / "bm25").search(test, k=10))}
+    runs = {"a": firsts(load_run(args.a / "runs" / "corpusbrain.json")), "b": firsts(load_run(args.b / "runs" / "corpusbrain.json")),
+            "bm25": firsts(load_retriever(args.a / "baselines" / "bm25").search(test, k=10))}
     right = {name: {q for q in test if run.get(q) in relevant[q]} for name, run in runs.items()}
     miss_a, miss_b = set(test) - right["a"], set(test) - right["b"]
     n = len(test)

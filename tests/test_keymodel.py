@@ -70,6 +70,7 @@ def test_batched_tokens_equal_one_call_per_text(family_model):
     _, _, km = family_model
     texts = ["Vitamin C cures scurvy.", "  padded  text ", "", "naïve café — 3.5% of 1,000"]
     assert km.tokens_batch(texts) == [km.tokens(t) for t in texts]
+    assert km.tokens("") == km.tokens("   ") == km.tokens_batch(["", "  "])[1] == []  # no lone space token for empty text
     long = " ".join(["scurvy sailors"] * 100)
     km.tokenizer([long], truncation=True, max_length=8, padding="max_length")  # a caller that cuts and pads
     assert km.tokens_batch([long, "short"]) == [km.tokens(long), km.tokens("short")]  # corpus text is never cut

@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      [(e.source, e.target) for e in pretraining.examples], config["pretrain_epochs"])
     stages = ["pretrained"]
     if train_queries:
-        pairs = [(text, identifiers[doc]) for q, text in train_queries.items()
-                 for doc, grade in sorted(dataset.qrels[q].items()) if grade > 0]
+        pairs = question_pairs(dataset, train_queries, identifiers)
         replay = replay_examples(pretraining.examples, config["finetune_replay"], config["seed"])
         info["finetune_replay_examples"] = len(replay)
         pairs += replay
@@ -211,6 +210,11 @@ def main(argv: list[str] | None = None) -> dict:
     write_records(report, "corpusbrain")
     print_table(report)
     return report
+
+
+def question_pairs(dataset, queries: dict[str, str], identifiers: dict[str, str]) -> list[tuple[str, str]]:
+    """Fine-tuning pairs: (question, identifier of each relevant document)."""
+    return [(text, identifiers[doc]) for q, text in queries.items() for doc, grade in sorted(dataset.qrels[q].items()) if grade > 0]
 
 
 def replay_examples(examples: list, share: float, seed: int) -> list[tuple[str, str]]:

@@ -285,13 +285,20 @@ class KeyModel:
     # ------------------------------------------------------------------ tokenisation
     def tokens(self, text: str) -> list[int]:
         """Token ids of corpus text as targets see it (no special tokens; a leading space for byte-level BPE)."""
-        text = (" " + text.strip()) if self.leading_space else text
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(self._as_corpus_text(text), add_special_tokens=False)["input_ids"]
+
+    def _as_corpus_text(self, text: str) -> str:
+        """For byte-level BPE, a leading space (a word inside running text); an empty text stays empty, not a
+        lone space token (a UGR parent's header is `tokens(title) + eos + tokens("")`)."""
+        if not self.leading_space:
+            return text
+        text = text.strip()
+        return " " + text if text else ""
 
     def tokens_batch(self, texts: list[str]) -> list[list[int]]:
         """`tokens` of many texts in one call of the fast tokenizer (its own threads, no offsets tracked): the
         same ids (tests/test_keymodel.py), fewer Python calls per document."""
-        texts = [(" " + t.strip()) if self.leading_space else t for t in texts]
+        texts = [self._as_corpus_text(t) for t in texts]
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is None:  # a slow (Python) tokenizer
             return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
